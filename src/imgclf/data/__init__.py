@@ -1,0 +1,39 @@
+"""The data layer: datasets by name or folder, preprocessing, augmentation, splits and batches."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit, channel_stats, describe
+from imgclf.data.folder import load_folder
+from imgclf.data.loader import batches
+from imgclf.data.named import NAMES, load_named
+from imgclf.data.splits import kfold, stratified_split
+from imgclf.data.transforms import AUGMENT_PRESETS, Augment, Preprocess, augment_preset, image_to_tensor
+from imgclf.errors import DataError
+
+__all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
+           "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
+           "kfold", "load_dataset", "stratified_split"]
+
+
+def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,
+                 fractions: dict[str, float] | None = None, seed: int = 0, strict: bool = False) -> Dataset:
+    """A dataset by name ('mnist', 'digits', ...) or 'folder:PATH'; fractions and seed split a plain folder."""
+    if source.startswith("folder:"):
+        return load_folder(Path(source.removeprefix("folder:")).expanduser(), fractions, seed, strict)
+    name = source.lower()
+    if name not in NAMES:
+        close = difflib.get_close_matches(name, NAMES, n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise DataError(f"unknown dataset {source!r}; {hint}known: {', '.join(NAMES)}, "
+                        "or folder:PATH for a folder of <class>/<image> subfolders.")
+    return load_named(name, Path(data_dir).expanduser() if data_dir else None, allow_download)
+
+
+def default_preprocess(dataset: Dataset, stats_limit: int = 2000) -> Preprocess:
+    """Preprocessing at the training split's own size, channels and mean/std (size: the most common one)."""
+    info = describe(dataset, stats_limit)
+    channels, height, width = (int(v) for v in next(iter(info["shapes"])).split("x"))
+    return Preprocess(size=(height, width), channels=channels, mean=info["mean"], std=info["std"])

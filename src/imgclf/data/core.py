@@ -1,0 +1,128 @@
+"""The dataset value every command shares: class names plus splits held in memory or on disk."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.data.transforms import GRAY_MODES, convert_channels, image_to_tensor
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorSplit:
+    """A split held in memory as one uint8 tensor: the fast path for MNIST-sized data."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+@dataclass
+class FileSplit:
+    """A split of image files decoded on demand (streamed through a DataLoader for training)."""
+
+    paths: list[Path]
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            with Image.open(self.paths[i]) as image:
+                return image_to_tensor(image), int(self.labels[i])
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {self.paths[i]}: {err}. Remove or replace the file.") from err
+
+
+Split = TensorSplit | FileSplit
+
+
+@dataclass
+class Dataset:
+    """Class names, named splits ('train', 'val', 'test') and what was found wrong on loading."""
+
+    name: str
+    classes: list[str]
+    splits: dict[str, Split]
+    kind: str = "photos"  # 'digits' or 'photos': picks the augmentation preset
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for problem in self.problems:
+            log.warning("%s: %s", self.name, problem)
+
+    def split(self, name: str) -> Split:
+        """The named split, or an error naming the splits there are."""
+        if name not in self.splits:
+            raise DataError(f"{self.name} has no {name!r} split; it has {', '.join(self.splits)}.")
+        return self.splits[name]
+
+
+def channel_stats(split: Split, channels: int, limit: int | None = None, seed: int = 0
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of pixel values in [0, 1], over all images or a seeded sample."""
+    indices = np.arange(len(split))
+    if limit is not None and len(split) > limit:
+        indices = np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False))
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for chunk in np.array_split(indices, max(1, len(indices) // 4096)):
+        for images in _images(split, chunk):  # (B, C, H, W) uint8
+            x = convert_channels(images, channels).double() / 255
+            total += x.sum(dim=(0, 2, 3))
+            squares += (x * x).sum(dim=(0, 2, 3))
+            count += x[:, 0].numel()
+    mean = total / count
+    std = (squares / count - mean * mean).clamp(min=0).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _images(split: Split, indices: np.ndarray):
+    """Batches of uint8 images: one tensor for in-memory splits, one image at a time for files."""
+    if isinstance(split, TensorSplit):
+        yield split.images[torch.from_numpy(indices)]
+    else:
+        for i in indices:
+            yield split[int(i)][0].unsqueeze(0)
+
+
+def describe(dataset: Dataset, stats_limit: int = 2000) -> dict:
+    """Counts per class and split, image shapes, and mean/std of the training split."""
+    train = dataset.split("train")
+    shapes = _shapes(train)
+    channels = max(c for c, _, _ in shapes)
+    mean, std = channel_stats(train, channels, limit=None if isinstance(train, TensorSplit) else stats_limit)
+    splits = {}
+    for name, split in dataset.splits.items():
+        counts = np.bincount(split.labels.numpy(), minlength=len(dataset.classes))
+        splits[name] = {"count": len(split), "per_class": dict(zip(dataset.classes, counts.tolist(), strict=True))}
+    return {"name": dataset.name, "classes": dataset.classes, "splits": splits,
+            "shapes": {f"{c}x{h}x{w}": n for (c, h, w), n in shapes.most_common()},
+            "mean": mean, "std": std, "problems": dataset.problems}
+
+
+def _shapes(split: Split, limit: int = 2000) -> Counter:
+    """How often each (C, H, W) occurs, read from file headers for up to `limit` files."""
+    if isinstance(split, TensorSplit):
+        return Counter({tuple(split.images.shape[1:]): len(split)})
+    shapes: Counter = Counter()
+    for path in split.paths[:limit]:
+        with Image.open(path) as image:
+            shapes[(1 if image.mode in GRAY_MODES else 3, image.height, image.width)] += 1
+    return shapes

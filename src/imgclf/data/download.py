@@ -1,0 +1,55 @@
+"""Verified, atomic downloads: a file appears under its final name only once its checksum matches."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+def md5sum(path: Path) -> str:
+    """MD5 of a file: the checksum the dataset mirrors publish (integrity, not security)."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `dest` through a temp file, verify its MD5, fsync, then rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != md5:
+            raise DataError(f"{url} failed its checksum (md5 {digest.hexdigest()}, expected {md5}); "
+                            "the download is corrupt or the mirror changed. Try again later.")
+        os.replace(tmp, dest)
+    except (OSError, http.client.HTTPException) as err:
+        raise DataError(f"downloading {url} failed: {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s to %s", url, dest)
+    return dest

@@ -1,0 +1,174 @@
+"""Preprocessing that travels with a model, and per-sample augmentation done a batch at a time.
+
+Everything here works on uint8 or float tensors shaped (..., C, H, W), on any device.
+torchvision.transforms.v2 draws one set of random parameters per call, so on a batch it
+would augment every sample identically; `Augment` draws per-sample parameters instead
+and applies them in one `grid_sample`, which keeps Python out of the per-sample loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps
+
+from imgclf.errors import DataError
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as uint8 (C, H, W): 1 channel for grayscale modes, else 3 (RGB), EXIF-rotated."""
+    image = ImageOps.exif_transpose(image)
+    image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
+    return TF.pil_to_tensor(image)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Repeat gray to RGB (1 -> 3) or take luminance (3 -> 1); (..., C, H, W)."""
+    have = images.shape[-3]
+    if have == channels:
+        return images
+    if (have, channels) == (1, 3):
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    if (have, channels) == (3, 1):
+        return TF.rgb_to_grayscale(images)
+    raise DataError(f"cannot convert {have}-channel images to {channels} channels; "
+                    "use 1 (grayscale) or 3 (RGB).")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize, channel conversion and normalization: saved with a model, applied identically everywhere."""
+
+    size: tuple[int, int]  # (H, W) the model sees
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DataError(f"mean/std need {self.channels} values each, got {self.mean} and {self.std}.")
+        if min(self.std) <= 0:
+            raise DataError(f"std must be positive, got {self.std}.")
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., C, H, W) of any size -> uint8 (..., channels, *size)."""
+        images = convert_channels(images, self.channels)
+        if tuple(images.shape[-2:]) != tuple(self.size):
+            images = TF.resize(images, list(self.size), antialias=True)
+        return images
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """float in [0, 1] -> standardized per channel."""
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        return (images - mean) / std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images of any size -> the float tensor the model takes."""
+        return self.normalize(self.prepare(images).float() / 255)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        return cls(size=tuple(data["size"]), channels=int(data["channels"]),
+                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+    def with_(self, **changes) -> Preprocess:
+        """A copy with some fields changed (e.g. a larger size for a pretrained backbone)."""
+        if "channels" in changes and changes["channels"] != self.channels and "mean" not in changes:
+            gray = changes["channels"] == 1
+            changes["mean"] = (sum(self.mean) / len(self.mean),) if gray else self.mean * 3
+            changes["std"] = (sum(self.std) / len(self.std),) if gray else self.std * 3
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation with its own parameters for every sample; x is float in [0, 1]."""
+
+    rotate: float = 0.0  # max degrees either way
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0  # max shift as a fraction of the size
+    shear: float = 0.0  # max degrees either way
+    crop: float = 0.0  # random crop after zero padding: whole-pixel shifts up to this fraction
+    hflip: bool = False
+    brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.0  # factor drawn from [1 - c, 1 + c]
+    erase: float = 0.0  # probability of erasing a random rectangle
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W), each sample transformed on its own."""
+        def rand(*shape: int) -> torch.Tensor:  # uniform in [0, 1), drawn on the CPU for reproducibility
+            return torch.rand(*shape, generator=generator).to(x.device)
+
+        if self.rotate or self.shear or self.translate or self.crop or self.scale != (1.0, 1.0):
+            x = self._affine(x, rand)
+        if self.hflip:
+            x = torch.where(rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+        if self.brightness:
+            x = x * (1 + self.brightness * (2 * rand(len(x), 1, 1, 1) - 1))
+        if self.contrast:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * (1 + self.contrast * (2 * rand(len(x), 1, 1, 1) - 1)) + mean
+        if self.erase:
+            x = x.masked_fill(self._erase_mask(x, rand), 0.0)
+        return x.clamp(0, 1)
+
+    def _affine(self, x: torch.Tensor, rand) -> torch.Tensor:
+        b, _, h, w = x.shape
+        angle = math.radians(self.rotate) * (2 * rand(b) - 1)
+        shear = math.radians(self.shear) * (2 * rand(b) - 1)
+        lo, hi = self.scale
+        scale = lo + (hi - lo) * rand(b)
+        cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+        # Linear part in pixel units (rotation after shear, divided by scale: this maps output
+        # to input coordinates), then rescaled to grid_sample's [-1, 1] units: D^-1 A D, D = diag(w, h).
+        a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) / scale.view(b, 1, 1)
+        d = torch.tensor([w, h], dtype=x.dtype, device=x.device)
+        a = a * d.view(1, 1, 2) / d.view(1, 2, 1)
+        shift = self.translate * 2 * (2 * rand(b, 2) - 1)  # up to `translate` of the size, in [-1, 1] units
+        if self.crop:
+            pad = torch.tensor([round(self.crop * w), round(self.crop * h)], device=x.device)
+            pixels = torch.floor(rand(b, 2) * (2 * pad + 1)) - pad  # whole pixels, so no interpolation blur
+            shift = shift + 2 * pixels / d
+        theta = torch.cat([a, shift.view(b, 2, 1)], dim=2)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _erase_mask(self, x: torch.Tensor, rand) -> torch.Tensor:
+        """(B, 1, H, W) bool: one rectangle of 2-33% of the area, aspect 0.3-3.3, per chosen sample."""
+        b, _, h, w = x.shape
+        area = (0.02 + 0.31 * rand(b)) * h * w
+        aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * rand(b))
+        eh = torch.sqrt(area * aspect).clamp(max=h)
+        ew = torch.sqrt(area / aspect).clamp(max=w)
+        top, left = rand(b) * (h - eh), rand(b) * (w - ew)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((ys >= top.view(b, 1, 1)) & (ys < (top + eh).view(b, 1, 1))
+                  & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1)))
+        return (inside & (rand(b) < self.erase).view(b, 1, 1)).unsqueeze(1)
+
+
+# Digits must not be flipped (a mirrored 2 is not a 2); photos may be.
+AUGMENT_PRESETS: dict[str, Augment] = {
+    "none": Augment(),
+    "digits": Augment(rotate=10, scale=(0.9, 1.1), translate=0.08),
+    "photos": Augment(crop=0.125, hflip=True, brightness=0.2, contrast=0.2, erase=0.25),
+}
+
+
+def augment_preset(name: str) -> Augment:
+    """The named augmentation preset, with the valid names in the error."""
+    try:
+        return AUGMENT_PRESETS[name]
+    except KeyError:
+        raise DataError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}.") from None

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MNIST from ../shared/datasets, and small image folders made on the spot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.data import load_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = SHARED / "mnist"
+    assert path.is_dir(), f"the real MNIST files are expected in {path} (see ../shared/datasets/README.md)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    return load_dataset("mnist", mnist_dir, allow_download=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """No test reads or writes the user's real cache, and the data dir comes only from arguments."""
+    monkeypatch.setenv("IMGCLF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("IMGCLF_DATA_DIR", raising=False)
+
+
+def write_image(path: Path, size=(12, 10), mode: str = "RGB", seed: int = 0) -> Path:
+    """A random image file; the format follows the suffix (PNG, JPEG, ...)."""
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """cat/ (RGB PNG + JPEG), dog/ (grayscale PNG, one corrupt file, one text file), empty/ (no images)."""
+    root = tmp_path / "pets"
+    for i in range(10):
+        write_image(root / "cat" / f"c{i}.{'png' if i % 2 else 'jpg'}", size=(16, 12), seed=i)
+        write_image(root / "dog" / f"d{i}.png", size=(20, 20), mode="L", seed=100 + i)
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "empty").mkdir()
+    return root

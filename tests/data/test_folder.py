@@ -1,0 +1,87 @@
+import shutil
+
+import pytest
+import torch
+
+from imgclf.data import batches, default_preprocess, describe, load_dataset
+from imgclf.errors import DataError
+from tests.conftest import write_image
+
+
+def test_folder_is_split_and_problems_reported(image_folder, caplog):
+    dataset = load_dataset(f"folder:{image_folder}", seed=1)
+    assert dataset.classes == ["cat", "dog"]  # the empty class is left out
+    assert sum(len(s) for s in dataset.splits.values()) == 20  # broken.png and notes.txt skipped
+    assert {name: len(s) for name, s in dataset.splits.items()} == {"train": 16, "val": 2, "test": 2}
+    problems = " ".join(dataset.problems)
+    assert "broken.png (unreadable" in problems and "notes.txt (not an image file)" in problems
+    assert "class folder(s) empty" in problems
+    assert "broken.png" in caplog.text  # reported through logging too
+
+
+def test_split_is_stratified_and_seeded(image_folder):
+    a = load_dataset(f"folder:{image_folder}", seed=3, fractions={"train": 0.5, "test": 0.5})
+    b = load_dataset(f"folder:{image_folder}", seed=3, fractions={"train": 0.5, "test": 0.5})
+    c = load_dataset(f"folder:{image_folder}", seed=4, fractions={"train": 0.5, "test": 0.5})
+    assert a.split("test").paths == b.split("test").paths != c.split("test").paths
+    assert a.split("test").labels.bincount().tolist() == [5, 5]
+    assert set(a.split("train").paths).isdisjoint(a.split("test").paths)
+
+
+def test_strict_fails_on_problems(image_folder):
+    with pytest.raises(DataError, match=r"problem\(s\) with --strict: .*broken.png"):
+        load_dataset(f"folder:{image_folder}", strict=True)
+
+
+def test_images_keep_their_channels_and_decode(image_folder):
+    dataset = load_dataset(f"folder:{image_folder}")
+    split = dataset.split("train")
+    channels = {split[i][0].shape[0]: dataset.classes[split[i][1]] for i in range(len(split))}
+    assert channels == {3: "cat", 1: "dog"}
+    info = describe(dataset)
+    assert set(info["shapes"]) == {"3x12x16", "1x20x20"}
+    assert len(info["mean"]) == 3  # mixed gray and RGB: gray is repeated to RGB
+
+
+def test_streaming_batches_through_workers(image_folder):
+    dataset = load_dataset(f"folder:{image_folder}", fractions={"train": 1.0})
+    preprocess = default_preprocess(dataset).with_(size=(16, 16))
+    seen = []
+    for x, y in batches(dataset.split("train"), preprocess, batch_size=8, num_workers=2):
+        assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32
+        seen += y.tolist()
+    assert sorted(seen) == sorted(dataset.split("train").labels.tolist())
+
+
+def test_predefined_splits_and_mismatches(tmp_path):
+    for split, classes in {"train": ["a", "b"], "val": ["a", "b"], "test": ["a"]}.items():
+        for c in classes:
+            write_image(tmp_path / split / c / "x.png")
+    dataset = load_dataset(f"folder:{tmp_path}")
+    assert list(dataset.splits) == ["train", "val", "test"]
+    assert any("split 'test' has no images of class(es) b" in p for p in dataset.problems)
+    write_image(tmp_path / "test" / "zebra" / "z.png")
+    with pytest.raises(DataError, match=r"has class\(es\) zebra that train/ does not have"):
+        load_dataset(f"folder:{tmp_path}")
+    shutil.rmtree(tmp_path / "train")
+    with pytest.raises(DataError, match=r"but no train/ folder"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_bad_folders_have_clear_errors(tmp_path):
+    with pytest.raises(DataError, match=r"image folder .*missing does not exist"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("hi")
+    with pytest.raises(DataError, match=r"has no readable images in class subfolders"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_corrupt_file_found_while_training_names_the_file(tmp_path):
+    path = write_image(tmp_path / "a" / "x.png")
+    write_image(tmp_path / "b" / "y.png")
+    dataset = load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0})
+    preprocess = default_preprocess(dataset)
+    path.write_bytes(path.read_bytes()[:60])  # damaged after the scan
+    with pytest.raises(DataError, match=r"cannot read image .*x.png"):
+        list(batches(dataset.split("train"), preprocess, batch_size=2))

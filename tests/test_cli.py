@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from imgclf.cli import main
+
+BIN = Path(sys.executable).parent
+
+
+def test_data_info_mnist_from_the_installed_command(mnist_dir):
+    out = subprocess.run([BIN / "imgclf", "data", "info", "mnist", "--data-dir", str(mnist_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "mnist: 10 classes, 60,000 train, 10,000 test" in out
+    assert "image shape (CxHxW): 1x28x28 (60,000)" in out
+    assert "train mean (0.1307)  std (0.3081)" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[4:] if line.strip()}
+    assert rows["0"] == ["5,923", "980"] and rows["9"] == ["5,949", "1,009"]
+
+
+def test_python_dash_m_and_bad_input_exit_cleanly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "imgclf", "data", "info", "mnist", "--no-download"],
+                            capture_output=True, text=True, env={**os.environ, "IMGCLF_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: mnist: cannot find train-images-idx3-ubyte.gz")
+    assert "Traceback" not in result.stderr
+
+
+def test_preview_writes_a_labelled_grid(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "sub" / "grid.png"
+    assert main(["data", "preview", "mnist", "--data-dir", str(mnist_dir), "--out", str(out),
+                 "--per-class", "5"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Image.open(out) as grid:
+        assert grid.format == "PNG" and grid.mode == "RGB"
+        assert grid.height == 10 * 68 + 4 and grid.width > 5 * 68  # 10 rows of 64 px tiles, name column
+        pixels = grid.convert("L").load()
+        column = grid.width - 5 * 68 + 32  # middle of the first tile of the first row (class 0)
+        assert any(pixels[column, y] > 128 for y in range(4, 68))  # a white stroke on black
+
+
+def test_folder_info_json_and_strict(image_folder, capsys):
+    assert main(["data", "info", f"folder:{image_folder}", "--json", "--split", "0.5,0.5"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["splits"]["train"]["per_class"] == {"cat": 5, "dog": 5}
+    assert len(info["problems"]) == 2
+    assert main(["data", "info", f"folder:{image_folder}", "--strict"]) == 1
+    assert "problem(s) with --strict" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys):
+    assert main(["data", "info", "nope"]) == 1
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    assert main(["data", "preview", "digits", "--subset", "val"]) == 1
+    assert "digits has no 'val' split; it has train, test" in capsys.readouterr().err
