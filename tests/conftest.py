@@ -32,7 +32,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("IMGCLF_DATA_DIR", raising=False)
 
 
-def write_image(path: Path, size=(12, 10), mode: str = "RGB", seed: int = 0) -> Path:
+def _write_image(path: Path, size=(12, 10), mode: str = "RGB", seed: int = 0) -> Path:
     """A random image file; the format follows the suffix (PNG, JPEG, ...)."""
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
@@ -43,12 +43,18 @@ def write_image(path: Path, size=(12, 10), mode: str = "RGB", seed: int = 0) -> 
 
 
 @pytest.fixture
+def write_image():
+    """write_image(path, size=(w, h), mode='RGB' or 'L', seed=0): a random image file."""
+    return _write_image
+
+
+@pytest.fixture
 def image_folder(tmp_path) -> Path:
     """cat/ (RGB PNG + JPEG), dog/ (grayscale PNG, one corrupt file, one text file), empty/ (no images)."""
     root = tmp_path / "pets"
     for i in range(10):
-        write_image(root / "cat" / f"c{i}.{'png' if i % 2 else 'jpg'}", size=(16, 12), seed=i)
-        write_image(root / "dog" / f"d{i}.png", size=(20, 20), mode="L", seed=100 + i)
+        _write_image(root / "cat" / f"c{i}.{'png' if i % 2 else 'jpg'}", size=(16, 12), seed=i)
+        _write_image(root / "dog" / f"d{i}.png", size=(20, 20), mode="L", seed=100 + i)
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()

@@ -5,7 +5,6 @@ import torch
 
 from imgclf.data import batches, default_preprocess, describe, load_dataset
 from imgclf.errors import DataError
-from tests.conftest import write_image
 
 
 def test_folder_is_split_and_problems_reported(image_folder, caplog):
@@ -53,7 +52,7 @@ def test_streaming_batches_through_workers(image_folder):
     assert sorted(seen) == sorted(dataset.split("train").labels.tolist())
 
 
-def test_predefined_splits_and_mismatches(tmp_path):
+def test_predefined_splits_and_mismatches(tmp_path, write_image):
     for split, classes in {"train": ["a", "b"], "val": ["a", "b"], "test": ["a"]}.items():
         for c in classes:
             write_image(tmp_path / split / c / "x.png")
@@ -77,7 +76,7 @@ def test_bad_folders_have_clear_errors(tmp_path):
         load_dataset(f"folder:{tmp_path}")
 
 
-def test_corrupt_file_found_while_training_names_the_file(tmp_path):
+def test_corrupt_file_found_while_training_names_the_file(tmp_path, write_image):
     path = write_image(tmp_path / "a" / "x.png")
     write_image(tmp_path / "b" / "y.png")
     dataset = load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0})
