@@ -56,3 +56,27 @@ def test_usage_errors(capsys):
     assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert main(["data", "preview", "digits", "--subset", "val"]) == 1
     assert "digits has no 'val' split; it has train, test" in capsys.readouterr().err
+
+
+def test_summary_prints_table_ii(capsys):
+    assert main(["summary", "paper-cnn", "--input", "3x224x224"]) == 0
+    out = capsys.readouterr().out
+    for text in ("body.conv1 (Conv2d)", "(None, 32, 224, 224)", "896", "18,496", "25,690,240", "1,290",
+                 "Total params: 25,710,922", "Multiply-adds per image: 300,254,464"):
+        assert text in out
+
+
+def test_summary_options_and_freeze(capsys):
+    assert main(["summary", "cnn", "--option", "layers=10", "--option", "kernel=5", "--freeze", "backbone"]) == 0
+    out = capsys.readouterr().out
+    assert "body.conv10 (_Unit)" not in out and "body.conv10.conv (Conv2d)" in out
+    assert "Trainable params: 1,290" in out  # only the head: 128 features x 10 classes + 10
+    assert main(["summary", "cnn", "--input", "1x28x30"]) == 1
+    assert "square inputs" in capsys.readouterr().err
+
+
+def test_models_list(capsys):
+    assert main(["models", "list", "resnet*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "11,181,642" in out and "3x224x224" in out and "alexnet" not in out
+    assert main(["models", "list", "nothing*"]) == 1

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 from imgclf import __version__
 from imgclf.errors import ImgclfError
 
@@ -57,7 +59,37 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--subset", default="train", help="which split to show (default train)")
     preview.add_argument("--per-class", type=_positive, default=8, help="samples per class (default 8)")
     preview.set_defaults(run=_data_preview)
+
+    summary = commands.add_parser("summary", help="Keras-style layer table, parameters, multiply-adds, size")
+    summary.add_argument("model", help="a model name (imgclf models list)")
+    summary.add_argument("--input", type=_shape, default=None, metavar="CxHxW",
+                         help="input shape (default: the model's own, e.g. 1x28x28 or 3x224x224)")
+    summary.add_argument("--num-classes", type=_positive, default=10, help="classes of the head (default 10)")
+    summary.add_argument("--freeze", default="none", help="backbone, none, or a number of stages")
+    summary.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                         help="a model option, e.g. --option layers=10 --option kernel=5 (repeatable)")
+    summary.set_defaults(run=_summary)
+
+    models = commands.add_parser("models", help="the model zoo").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    listing = models.add_parser("list", help="names, parameters and default input of every model")
+    listing.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    listing.set_defaults(run=_models_list)
     return parser
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW such as 3x224x224, got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as layers=10, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def _positive(text: str) -> int:
@@ -112,6 +144,45 @@ def _data_preview(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.out)
     print(f"wrote {args.out} ({grid.width}x{grid.height}, {args.subset} split of {dataset.name})")
+
+
+def _build_meta(name: str, num_classes: int, shape: tuple[int, int, int] | None, **kwargs):
+    """The model on the meta device: real shapes and counts, no memory or compute for the weights."""
+    import torch
+
+    from imgclf.models import create_model, model_entry
+
+    if shape is not None and shape[1] != shape[2]:
+        raise ImgclfError(f"imgclf models take square inputs; got {shape[1]}x{shape[2]}.")
+    with torch.device("meta"):
+        model = create_model(name, num_classes, shape[0] if shape else None,
+                             shape[1] if shape else model_entry(name).default_size, **kwargs)
+    return model, (model.input_spec.channels, *model.input_spec.size)
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from imgclf.models import summarize
+
+    model, shape = _build_meta(args.model, args.num_classes, args.input, freeze=args.freeze, **dict(args.option))
+    summary = summarize(model, shape)
+    print(f"{args.model} at input {'x'.join(map(str, shape))}, {args.num_classes} classes")
+    print(summary.table())
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    from imgclf.models import list_models, model_entry, summarize
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ImgclfError(f"no model matches {args.pattern!r}; `imgclf models list` shows them all.")
+    print(f"{'model':<20}{'params':>13}{'mult-adds':>12}  {'input':<11}{'pretrained':<11}description")
+    for name in names:
+        entry = model_entry(name)
+        model, shape = _build_meta(name, 10, None)
+        summary = summarize(model, shape)
+        print(f"{name:<20}{summary.total:>13,}{summary.macs / 1e6:>11,.1f}M  {'x'.join(map(str, shape)):<11}"
+              f"{'yes' if entry.pretrained else 'no':<11}{entry.description}")
+    print("params and multiply-adds with a 10-class head at the default input.")
 
 
 def _floats(values: tuple[float, ...]) -> str:
