@@ -80,3 +80,16 @@ def test_models_list(capsys):
     out = capsys.readouterr().out
     assert "resnet18" in out and "11,181,642" in out and "3x224x224" in out and "alexnet" not in out
     assert main(["models", "list", "nothing*"]) == 1
+
+
+def test_cli_bad_values_are_one_line_errors(capsys, tmp_path):
+    assert main(["summary", "cnn", "--option", "freeze=backbone"]) == 1
+    assert "--option freeze is not a model option" in capsys.readouterr().err
+    assert main(["summary", "cnn", "--option", "pools=-1"]) == 1
+    assert "poolings would shrink" in capsys.readouterr().err
+    assert main(["data", "preview", "digits", "--out", str(tmp_path / "grid")]) == 1
+    assert "needs an image file name ending in .png" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["data", "preview", "digits", "--out", str(tmp_path / "file" / "grid.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except ImgclfError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permission denied, ...: the sentence the OS gives, with the path
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -103,7 +107,7 @@ def _fractions(text: str) -> dict[str, float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.1,0.1, got {text!r}") from None
-    if len(values) not in (2, 3) or min(values) < 0 or sum(values) <= 0:
+    if len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected 2 or 3 non-negative fractions (train,val[,test]), got {text!r}")
     return dict(zip(("train", "val", "test"), values, strict=False))
 
@@ -139,6 +143,8 @@ def _data_info(args: argparse.Namespace) -> None:
 def _data_preview(args: argparse.Namespace) -> None:
     from imgclf.data.preview import preview_grid
 
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        raise ImgclfError(f"--out {args.out} needs an image file name ending in .png (or .jpg, .webp, .bmp).")
     dataset = _load(args)
     grid = preview_grid(dataset.split(args.subset), dataset.classes, per_class=args.per_class, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +169,12 @@ def _build_meta(name: str, num_classes: int, shape: tuple[int, int, int] | None,
 def _summary(args: argparse.Namespace) -> None:
     from imgclf.models import summarize
 
-    model, shape = _build_meta(args.model, args.num_classes, args.input, freeze=args.freeze, **dict(args.option))
+    options = dict(args.option)
+    reserved = sorted(set(options) & {"num_classes", "in_channels", "image_size", "pretrained", "weights", "freeze"})
+    if reserved:
+        raise ImgclfError(f"--option {', '.join(reserved)} is not a model option; use --input, --num-classes "
+                          "or --freeze instead.")
+    model, shape = _build_meta(args.model, args.num_classes, args.input, freeze=args.freeze, **options)
     summary = summarize(model, shape)
     print(f"{args.model} at input {'x'.join(map(str, shape))}, {args.num_classes} classes")
     print(summary.table())

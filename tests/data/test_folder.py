@@ -84,3 +84,43 @@ def test_corrupt_file_found_while_training_names_the_file(tmp_path, write_image)
     path.write_bytes(path.read_bytes()[:60])  # damaged after the scan
     with pytest.raises(DataError, match=r"cannot read image .*x.png"):
         list(batches(dataset.split("train"), preprocess, batch_size=2))
+
+
+def test_strict_scan_finds_truncated_jpegs(tmp_path, write_image):
+    for i in range(3):
+        write_image(tmp_path / "a" / f"{i}.jpg", size=(64, 64), seed=i)
+        write_image(tmp_path / "b" / f"{i}.jpg", size=(64, 64), seed=10 + i)
+    cut = tmp_path / "a" / "0.jpg"
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    assert len(load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0}).split("train")) == 6  # header only
+    with pytest.raises(DataError, match=r"0.jpg \(unreadable: image file is truncated"):
+        load_dataset(f"folder:{tmp_path}", strict=True)
+
+
+def test_rotated_photos_are_measured_as_decoded(tmp_path):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (40, 30)).save(tmp_path / c / "x.jpg", exif=exif)
+    dataset = load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0})
+    assert describe(dataset)["size"] == (40, 30)
+    assert dataset.split("train")[0][0].shape == (3, 40, 30)
+
+
+def test_mixed_gray_and_rgb_folder_gets_rgb_preprocessing(tmp_path, write_image):
+    for i in range(5):
+        write_image(tmp_path / "a" / f"{i}.png", mode="L", seed=i)
+    write_image(tmp_path / "b" / "0.png", mode="RGB")
+    preprocess = default_preprocess(load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0}))
+    assert preprocess.channels == 3 and len(preprocess.mean) == 3
+
+
+def test_tiny_folder_reports_an_empty_split(tmp_path, write_image):
+    for c in ("a", "b"):
+        write_image(tmp_path / c / "x.png")
+    dataset = load_dataset(f"folder:{tmp_path}")
+    assert list(dataset.splits) == ["train"]
+    assert any("split 'val' is empty" in p for p in dataset.problems)

@@ -44,6 +44,7 @@ def test_download_verifies_and_lands_in_the_cache(mnist_dir, mirror, monkeypatch
     dataset = load_dataset("mnist")
     assert len(dataset.split("train")) == 60_000
     cached = sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir())
+    assert ((tmp_path / "cache" / "mnist" / cached[0]).stat().st_mode & 0o044) == 0o044  # readable by others
     assert cached == sorted(name for name, _ in DATASETS["mnist"].files.values())  # no temp files left
     (root / "t10k-images-idx3-ubyte.gz").unlink()  # the second load must not need the mirror
     assert len(load_dataset("mnist").split("test")) == 10_000
@@ -127,6 +128,14 @@ def test_cifar_binary_archive_reads_without_pickle(tmp_path):
     assert test.labels.tolist() == test_records[:, 0].tolist()
     assert np.array_equal(test.images[1].numpy().ravel(), test_records[1, 1:])  # channel-major, as stored
     assert dataset.kind == "photos"
+
+
+def test_plain_tar_cifar_archive_also_reads(tmp_path):
+    import gzip
+
+    _cifar_archive(tmp_path / "made.tar.gz")
+    (tmp_path / "cifar-10-binary.tar").write_bytes(gzip.decompress((tmp_path / "made.tar.gz").read_bytes()))
+    assert len(load_dataset("cifar10", tmp_path, allow_download=False).split("test")) == 4
 
 
 def test_truncated_cifar_records_are_named(tmp_path):

@@ -133,3 +133,10 @@ def test_rotation_keeps_proportions_on_non_square_images():
     assert (out - disk).abs().mean() < 0.03  # bilinear edges only; a wrong aspect gives ~0.14
     squashed = Augment(scale=(0.7, 0.7))(disk)
     assert (squashed - disk).abs().mean() > 0.05  # the check above can fail
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped():
+    values = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode.startswith("I")
+    assert image_to_tensor(image).tolist() == [[[0, 4, 128, 255]]]

@@ -113,6 +113,10 @@ def test_registry_errors():
         create_model("paper-cnn", pretrained=True)
     with pytest.raises(ImgclfError, match="vit_b_16 needs an image size divisible by 16"):
         create_model("vit_b_16", image_size=40)
+    with pytest.raises(ImgclfError, match=r"cannot build cnn with options \{'dropout': 2\}"):
+        create_model("cnn", dropout=2)
+    with pytest.raises(ImgclfError, match="pretrained resnet18 takes 1 \\(gray\\) or 3"):
+        create_model("resnet18", in_channels=4, weights="unused.pth")
     assert list_models("resnet*") == ["resnet18", "resnet34", "resnet50"]
     assert set(BACKBONES) <= set(list_models())
 
@@ -139,14 +143,27 @@ def test_local_weights_load(tmp_path, suffix):
     assert model.input_spec.mean == pytest.approx((0.485, 0.456, 0.406))  # pretrained: ImageNet statistics
 
 
-def test_gray_input_sums_pretrained_filters(tmp_path):
+def test_gray_input_folds_pretrained_filters_and_normalization(tmp_path):
+    """Gray model on the gray image == RGB model on that image repeated to RGB, each with its own
+    preprocessing: compared at the first conv's output, away from the zero-padded border."""
     _, path = _torchvision_state("resnet18", tmp_path, ".safetensors")
     rgb = create_model("resnet18", SMALL, 3, 32, weights=path).eval()
     gray = create_model("resnet18", SMALL, 1, 32, weights=path).eval()
-    gray.head.load_state_dict(rgb.head.state_dict())
-    x = torch.rand(2, 1, 32, 32)
-    assert torch.allclose(gray(x), rgb(x.expand(-1, 3, -1, -1)), atol=1e-5)
-    assert gray.input_spec.channels == 1 and len(gray.input_spec.mean) == 1
+    assert gray.input_spec.channels == 1 and gray.input_spec.mean == pytest.approx((0.449,), abs=1e-3)
+    image = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    x_gray = gray.input_spec.preprocess()(image)
+    x_rgb = rgb.input_spec.preprocess()(image.expand(-1, 3, -1, -1))
+    with torch.no_grad():
+        a, b = gray.body.conv1(x_gray), rgb.body.conv1(x_rgb)  # 7x7 stride 2, padding 3: border is 2 outputs
+    assert torch.allclose(a[..., 2:-2, 2:-2], b[..., 2:-2, 2:-2], atol=1e-4)
+    assert not torch.allclose(a, b, atol=1e-4)  # the border differs: the comparison can tell
+
+
+def test_vit_stages_reach_its_encoder_blocks():
+    model = create_model("vit_b_16", SMALL, 3, 32)
+    sizes = [sum(p.numel() for p in block) for block in model.stages()]
+    assert len(sizes) == 16  # class token, patch embedding, position embedding, 12 blocks, final norm
+    assert len({s for s in sizes[3:15]}) == 1  # the 12 encoder blocks are alike
 
 
 def test_wrong_keys_are_listed(tmp_path):
@@ -209,7 +226,7 @@ def test_mnist_fast_learns_real_digits(mnist):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(2):
-        for x, y in batches(subset, preprocess, 64, shuffle=True, generator=generator):
+        for x, y in batches(subset, preprocess, 64, order=torch.randperm(6000, generator=generator)):
             loss = torch.nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()

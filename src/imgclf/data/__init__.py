@@ -35,5 +35,4 @@ def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_downl
 def default_preprocess(dataset: Dataset, stats_limit: int = 2000) -> Preprocess:
     """Preprocessing at the training split's own size, channels and mean/std (size: the most common one)."""
     info = describe(dataset, stats_limit)
-    channels, height, width = (int(v) for v in next(iter(info["shapes"])).split("x"))
-    return Preprocess(size=(height, width), channels=channels, mean=info["mean"], std=info["std"])
+    return Preprocess(size=info["size"], channels=info["channels"], mean=info["mean"], std=info["std"])

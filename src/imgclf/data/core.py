@@ -15,6 +15,7 @@ from imgclf.data.transforms import GRAY_MODES, convert_channels, image_to_tensor
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 @dataclass
@@ -105,8 +106,9 @@ def _images(split: Split, indices: np.ndarray):
 def describe(dataset: Dataset, stats_limit: int = 2000) -> dict:
     """Counts per class and split, image shapes, and mean/std of the training split."""
     train = dataset.split("train")
-    shapes = _shapes(train)
-    channels = max(c for c, _, _ in shapes)
+    shapes = _shapes(train, stats_limit)
+    channels = max(c for c, _, _ in shapes)  # mixed gray and RGB: gray is repeated to RGB
+    (_, height, width), _ = shapes.most_common(1)[0]
     mean, std = channel_stats(train, channels, limit=None if isinstance(train, TensorSplit) else stats_limit)
     splits = {}
     for name, split in dataset.splits.items():
@@ -114,15 +116,19 @@ def describe(dataset: Dataset, stats_limit: int = 2000) -> dict:
         splits[name] = {"count": len(split), "per_class": dict(zip(dataset.classes, counts.tolist(), strict=True))}
     return {"name": dataset.name, "classes": dataset.classes, "splits": splits,
             "shapes": {f"{c}x{h}x{w}": n for (c, h, w), n in shapes.most_common()},
-            "mean": mean, "std": std, "problems": dataset.problems}
+            "channels": channels, "size": (height, width), "mean": mean, "std": std, "problems": dataset.problems}
 
 
-def _shapes(split: Split, limit: int = 2000) -> Counter:
-    """How often each (C, H, W) occurs, read from file headers for up to `limit` files."""
+def _shapes(split: Split, limit: int, seed: int = 0) -> Counter:
+    """How often each (C, H, W) occurs (as decoded: EXIF-rotated), from the headers of a seeded sample of files."""
     if isinstance(split, TensorSplit):
         return Counter({tuple(split.images.shape[1:]): len(split)})
+    sample = np.random.default_rng(seed).permutation(len(split))[:limit]
     shapes: Counter = Counter()
-    for path in split.paths[:limit]:
-        with Image.open(path) as image:
-            shapes[(1 if image.mode in GRAY_MODES else 3, image.height, image.width)] += 1
+    for i in sample:
+        with Image.open(split.paths[i]) as image:
+            height, width = image.height, image.width
+            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees when decoded
+                height, width = width, height
+            shapes[(1 if image.mode in GRAY_MODES else 3, height, width)] += 1
     return shapes

@@ -46,6 +46,9 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
         if digest.hexdigest() != md5:
             raise DataError(f"{url} failed its checksum (md5 {digest.hexdigest()}, expected {md5}); "
                             "the download is corrupt or the mirror changed. Try again later.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; the cache may be shared
         os.replace(tmp, dest)
     except (OSError, http.client.HTTPException) as err:
         raise DataError(f"downloading {url} failed: {err}") from err

@@ -33,7 +33,7 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
         if "train" not in present:
             raise DataError(f"{root} has {'/'.join(present)}/ but no train/ folder; add train/<class>/ "
                             "images, or use a single folder of <class>/ subfolders to have it split.")
-        scans = {name: _scan(root / name, problems) for name in present}
+        scans = {name: _scan(root / name, problems, strict) for name in present}
         classes = _classes(scans["train"], root / "train", problems)
         for name, scan in scans.items():
             unknown = sorted({c for c, paths in scan.items() if paths} - set(classes))
@@ -42,11 +42,15 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
                                 "have; the class sets must match. Add them to train/ or remove them.")
         splits = {name: FileSplit(*_flatten(scan, classes)) for name, scan in scans.items()}
     else:
-        scan = _scan(root, problems)
+        scan = _scan(root, problems, strict)
         classes = _classes(scan, root, problems)
         paths, labels = _flatten(scan, classes)
-        parts = stratified_split(labels.numpy(), fractions or {"train": 0.8, "val": 0.1, "test": 0.1}, seed)
+        fractions_used = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+        parts = stratified_split(labels.numpy(), fractions_used, seed)
         splits = {name: FileSplit([paths[i] for i in idx], labels[idx]) for name, idx in parts.items() if len(idx)}
+        problems += [f"split {name!r} is empty: too few images for fraction {fractions_used[name]}; "
+                     "add images or change the split fractions." for name, idx in parts.items()
+                     if not len(idx) and fractions_used[name] > 0]
     for name, split in splits.items():
         missing = [c for c, n in zip(classes, np.bincount(split.labels.numpy(), minlength=len(classes)),
                                      strict=True) if n == 0]
@@ -58,7 +62,7 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
     return Dataset(f"folder:{root}", classes, splits, kind="photos", problems=problems)
 
 
-def _scan(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
+def _scan(folder: Path, problems: list[str], decode: bool) -> dict[str, list[Path]]:
     """Readable image files per class subfolder; unreadable and non-image files go to `problems`."""
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
@@ -71,7 +75,7 @@ def _scan(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
     total = sum(map(len, files.values()))
     with tqdm(total=total, desc=f"checking {folder.name}", unit="file", disable=total < 2000) as bar:
         for name, paths in files.items():
-            files[name] = [p for p in paths if _readable(p, bad)]
+            files[name] = [p for p in paths if _readable(p, bad, decode)]
             bar.update(len(paths))
     if bad:
         problems.append(f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
@@ -80,14 +84,15 @@ def _scan(folder: Path, problems: list[str]) -> dict[str, list[Path]]:
     return files
 
 
-def _readable(path: Path, bad: list[str]) -> bool:
-    """True for a file PIL can identify as an image; else its reason is added to `bad`."""
+def _readable(path: Path, bad: list[str], decode: bool) -> bool:
+    """True for an image file PIL can check (`decode`: fully decode, which also finds truncated
+    JPEGs; else only the header and structure); otherwise its reason is added to `bad`."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         bad.append(f"{path.name} (not an image file)")
         return False
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load() if decode else image.verify()
         return True
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         bad.append(f"{path.name} (unreadable: {err})")

@@ -25,31 +25,26 @@ class _Prepared(torch.utils.data.Dataset):
         return self.preprocess.prepare(image), label
 
 
-def batches(split: Split, preprocess: Preprocess, batch_size: int, *, augment: Augment | None = None,
-            shuffle: bool = False, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-            num_workers: int = 0, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Model-ready (B, C, H, W) float images and (B,) labels; augmentation and normalization per batch."""
+def batches(split: Split, preprocess: Preprocess, batch_size: int, *, order: torch.Tensor | None = None,
+            augment: Augment | None = None, generator: torch.Generator | None = None,
+            device: str | torch.device = "cpu", num_workers: int = 0, drop_last: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Model-ready (B, C, H, W) float images and (B,) labels, visiting `order` (default: all, in turn).
+
+    Augmentation (drawing from `generator`) and normalization run per batch on the device. Passing
+    the order lets a caller shuffle with its own generator, or resume part-way through an epoch."""
+    order = torch.arange(len(split)) if order is None else order
+    if drop_last:
+        order = order[: len(order) - len(order) % batch_size]
     if isinstance(split, TensorSplit):
-        raw = _tensor_batches(split, preprocess, batch_size, shuffle, generator, device, drop_last)
+        all_images, all_labels = split.images.to(device), split.labels.to(device)  # uint8, on the device once
+        raw = ((preprocess.prepare(all_images[i]), all_labels[i]) for i in order.to(device).split(batch_size))
     else:
-        loader = DataLoader(_Prepared(split, preprocess), batch_size=batch_size, shuffle=shuffle,
-                            generator=generator, num_workers=num_workers, drop_last=drop_last,
-                            pin_memory=torch.device(device).type == "cuda")
+        loader = DataLoader(_Prepared(split, preprocess), batch_size=batch_size, sampler=order.tolist(),
+                            num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
         raw = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader)
     for images, labels in raw:  # images: (B, C, H, W) uint8 at the model's size
         x = images.float() / 255
         if augment is not None:
             x = augment(x, generator)
         yield preprocess.normalize(x), labels
-
-
-def _tensor_batches(split: TensorSplit, preprocess: Preprocess, batch_size: int, shuffle: bool,
-                    generator: torch.Generator | None, device, drop_last: bool):
-    """Slices of the whole split, moved to the device once as uint8."""
-    images, labels = split.images.to(device), split.labels.to(device)
-    n = len(labels)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size].to(device)
-        yield preprocess.prepare(images[index]), labels[index]

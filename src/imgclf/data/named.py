@@ -53,7 +53,7 @@ def read_cifar_binary(paths: dict[str, Path], num_classes: int) -> dict[str, Ten
     members = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
     archive = paths["archive"]
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(archive, "r:*") as tar:  # gzipped or not
             raw = {split: b"".join(tar.extractfile(f"cifar-10-batches-bin/{m}").read() for m in names)
                    for split, names in members.items()}
     except (tarfile.TarError, EOFError, KeyError, AttributeError, OSError) as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
@@ -10,15 +12,19 @@ from imgclf.errors import DataError
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
     """Indices per named part, each class cut in the given proportions (rounded per class)."""
-    if not fractions or min(fractions.values()) < 0 or sum(fractions.values()) <= 0:
+    values = list(fractions.values())
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise DataError(f"split fractions must be non-negative and not all zero, got {fractions}.")
-    total = sum(fractions.values())
-    cuts = np.cumsum([f / total for f in fractions.values()])
+    shares = np.array(list(fractions.values()), dtype=float) / sum(fractions.values())
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in fractions}
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        bounds = np.concatenate([[0], np.round(cuts * len(members)).astype(int)])
+        ideal = shares * len(members)
+        counts = np.floor(ideal).astype(int)
+        leftover = len(members) - counts.sum()  # largest remainders get one more, ties to the earlier part
+        counts[np.argsort(-(ideal - counts), kind="stable")[:leftover]] += 1
+        bounds = np.concatenate([[0], np.cumsum(counts)])
         for name, start, stop in zip(fractions, bounds[:-1], bounds[1:], strict=True):
             parts[name].append(members[start:stop])
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -24,8 +25,11 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """A PIL image as uint8 (C, H, W): 1 channel for grayscale modes, else 3 (RGB), EXIF-rotated."""
     image = ImageOps.exif_transpose(image)
-    image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
-    return TF.pil_to_tensor(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit or float gray: scale, don't clip
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
+        return torch.from_numpy(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8)).unsqueeze(0)
+    return TF.pil_to_tensor(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

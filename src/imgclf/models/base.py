@@ -43,6 +43,7 @@ class Classifier(nn.Module):
         self.dropout = dropout
         self.input_spec = input_spec
         self.target_layer = target_layer  # module name (e.g. 'body.layer4') Grad-CAM hooks by default
+        self.open_modules: tuple[str, ...] = ()  # body modules that stages() splits into their children
         self.config: dict = {}  # how create_model built it, so a saved model can be rebuilt
         self.reset_classifier(num_classes)
 
@@ -65,17 +66,21 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(self.dropout), linear) if self.dropout else linear
 
     def stages(self) -> list[list[nn.Parameter]]:
-        """The body's parameters in blocks from the input on: its children, nn.Sequential opened one level."""
-        blocks: list[list[nn.Parameter]] = [list(self.body.parameters(recurse=False))]
-        for child in self.body.children():
-            for module in child.children() if isinstance(child, nn.Sequential) else [child]:
-                params = list(module.parameters())
-                if params:
-                    blocks.append(params)
-        if not blocks[0]:
-            blocks.pop(0)
-        elif len(blocks) > 1:  # parameters held by the body itself (a ViT's class token) go with the first block
-            blocks[:2] = [blocks[0] + blocks[1]]
+        """The body's parameters in blocks from the input on: its children, with top-level nn.Sequential
+        containers and the modules named in `open_modules` opened into their own children."""
+        blocks: list[list[nn.Parameter]] = []
+
+        def visit(module: nn.Module, prefix: str) -> None:
+            own = list(module.parameters(recurse=False))  # e.g. a ViT's class token
+            if own:
+                blocks.append(own)
+            for name, child in module.named_children():
+                if f"{prefix}{name}" in self.open_modules or (not prefix and isinstance(child, nn.Sequential)):
+                    visit(child, f"{prefix}{name}.")
+                elif any(True for _ in child.parameters()):
+                    blocks.append(list(child.parameters()))
+
+        visit(self.body, "")
         return blocks
 
     def freeze(self, what: str | int = "backbone") -> None:

@@ -53,7 +53,7 @@ def conv_body(in_channels: int, image_size: int, layers: int, width: int, kernel
     if layers < 1 or width < 1 or kernel < 1 or kernel % 2 == 0:
         raise ImgclfError(f"cnn needs layers >= 1, width >= 1 and an odd kernel; got layers={layers}, "
                           f"width={width}, kernel={kernel}.")
-    if image_size >> pools < 1 or pools < 0:
+    if pools < 0 or image_size >> pools < 1:
         raise ImgclfError(f"{pools} poolings would shrink a {image_size}px input below one pixel; "
                           "use fewer pools or a larger image size.")
     modules: OrderedDict[str, nn.Module] = OrderedDict()

@@ -65,12 +65,15 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
         raise ImgclfError(f"{name} has no pretrained weights; train it from scratch (pretrained=False).")
     options = [n for n, p in inspect.signature(entry.build).parameters.items()
                if p.kind is not p.VAR_KEYWORD and n not in _COMMON]
-    unknown = sorted(set(kwargs) - set(options))
+    unknown = sorted(str(k) for k in set(kwargs) - set(options))
     if unknown:
         raise ImgclfError(f"{name} has no option {', '.join(unknown)}; "
                           f"its options are: {', '.join(options) or 'none'}.")
-    model = entry.build(num_classes=num_classes, in_channels=in_channels or (3 if entry.pretrained else 1),
-                        image_size=image_size, pretrained=pretrained, weights=weights, **kwargs)
+    try:
+        model = entry.build(num_classes=num_classes, in_channels=in_channels or (3 if entry.pretrained else 1),
+                            image_size=image_size, pretrained=pretrained, weights=weights, **kwargs)
+    except (TypeError, ValueError) as err:  # an option of the wrong type or range, e.g. dropout=2
+        raise ImgclfError(f"cannot build {name} with options {kwargs}: {err}.") from err
     model.config = {"name": name, "num_classes": num_classes, "in_channels": model.input_spec.channels,
                     "image_size": image_size, **kwargs}
     model.freeze(freeze)

@@ -31,6 +31,8 @@ def build_backbone(arch: str, num_classes: int, in_channels: int, image_size: in
     """A torchvision model, its final linear layer replaced by a new head; first conv adapted to in_channels."""
     default = tvm.get_model_weights(arch).DEFAULT
     with_weights = pretrained or weights is not None
+    if with_weights and in_channels not in (1, 3):
+        raise ImgclfError(f"pretrained {arch} takes 1 (gray) or 3 (RGB) input channels, not {in_channels}.")
     net = _torchvision_model(arch, default if pretrained else None, with_weights, image_size)
     if weights is not None:
         load_matching(net, read_state_dict(weights), weights, replaceable=(_last_linear(net)[0] + ".",))
@@ -38,16 +40,19 @@ def build_backbone(arch: str, num_classes: int, in_channels: int, image_size: in
         net.AuxLogits, net.aux_logits = None, False
     head, linear = _last_linear(net)
     net.set_submodule(head, nn.Identity())
-    if in_channels != 3:
-        _adapt_first_conv(net, in_channels)
-    mean, std = (None, None)
+    spec = InputSpec((image_size, image_size), in_channels)  # from scratch: the data's own mean/std
     if with_weights:  # pretrained weights expect the normalization they were trained with
         mean, std = ((0.5,) * 3, (0.5,) * 3) if arch == "inception_v3" else (
             tuple(default.transforms().mean), tuple(default.transforms().std))
+        spec = InputSpec((image_size, image_size), 3, mean, std)
         if in_channels == 1:
-            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    spec = InputSpec((image_size, image_size), in_channels, mean, std)
-    return Classifier(net, linear.in_features, num_classes, spec, f"body.{BACKBONES[arch]}")
+            spec = _gray_first_conv(net, spec)
+    elif in_channels != 3:
+        _replace_first_conv(net, in_channels)
+    model = Classifier(net, linear.in_features, num_classes, spec, f"body.{BACKBONES[arch]}")
+    if arch == "vit_b_16":  # its 12 encoder blocks sit inside a non-Sequential module
+        model.open_modules = ("encoder", "encoder.layers")
+    return model
 
 
 def _torchvision_model(arch: str, weights, with_weights: bool, image_size: int) -> nn.Module:
@@ -61,12 +66,14 @@ def _torchvision_model(arch: str, weights, with_weights: bool, image_size: int) 
         if image_size % 16:
             raise ImgclfError(f"vit_b_16 needs an image size divisible by 16 (its patch size), got {image_size}.")
         kwargs["image_size"] = image_size
+    if weights is None:
+        return tvm.get_model(arch, weights=None, **kwargs)
     try:
         return tvm.get_model(arch, weights=weights, **kwargs)
     except (OSError, RuntimeError) as err:  # no network, or a corrupt download in the cache
         raise ImgclfError(f"could not get pretrained weights for {arch} ({err}). Without internet, fetch "
-                          f"{weights.url} elsewhere and pass it with --weights PATH, or put it in "
-                          f"{Path(torch.hub.get_dir()) / 'checkpoints'}.") from err
+                          f"{weights.url} elsewhere and pass its path as the model's weights "
+                          f"(--model.weights PATH), or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}.") from err
 
 
 def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
@@ -74,17 +81,28 @@ def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
     return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
-def _adapt_first_conv(net: nn.Module, in_channels: int) -> None:
-    """Replace the first conv for `in_channels`; pretrained RGB filters are summed, so a gray image
-    gives exactly what the RGB model gave for that image repeated on three channels."""
+def _replace_first_conv(net: nn.Module, in_channels: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """Swap the first conv for a fresh one taking `in_channels`; returns (old, new)."""
     name, old = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    old.groups, old.bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(old.weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
+                    old.groups, bias=True)
     net.set_submodule(name, new)
+    return old, new
+
+
+def _gray_first_conv(net: nn.Module, rgb: InputSpec) -> InputSpec:
+    """Fold the RGB filters into one gray filter so that, on a gray image normalized with the averaged
+    mean/std, the first conv gives what the RGB model gives on that image repeated on three channels
+    and normalized per channel (exact away from the zero-padded border)."""
+    mean, std = torch.tensor(rgb.mean), torch.tensor(rgb.std)
+    gray_mean, gray_std = float(mean.mean()), float(std.mean())
+    old, new = _replace_first_conv(net, 1)
+    with torch.no_grad():
+        w = old.weight  # (out, 3, k, k)
+        new.weight.copy_((w * (gray_std / std).view(1, 3, 1, 1)).sum(dim=1, keepdim=True))
+        shift = (w * ((gray_mean - mean) / std).view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
+        new.bias.copy_(shift + (old.bias if old.bias is not None else 0))
+    return InputSpec(rgb.size, 1, (gray_mean,), (gray_std,))
 
 
 def _register_all() -> None:

@@ -1,0 +1,142 @@
+"""Typed configuration: dataclasses, read from YAML, changed by dotted overrides; unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from imgclf.errors import ImgclfError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # a name (mnist, fashion-mnist, kmnist, cifar10, digits) or folder:PATH
+    data_dir: str | None = None  # where the dataset's files are (default: $IMGCLF_DATA_DIR, cache, download)
+    val_fraction: float = 0.1  # validation split carved from the training data, stratified
+    split_seed: int = 0
+    subset: int | None = None  # train on the first N training images only (quick runs)
+    augment: str = "auto"  # none, digits, photos, or auto (digits for digit datasets, photos otherwise)
+    image_size: int | None = None  # default: the model's own input size
+    channels: int | None = None  # default: the model's
+    num_workers: int = 2  # DataLoader workers for image folders
+    strict: bool = False  # fail on unreadable files instead of skipping them
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mnist-fast"
+    pretrained: bool = False
+    weights: str | None = None  # a local weights file instead of downloading pretrained ones
+    freeze: str = "none"  # backbone, none, or a number of stages, after freeze_epochs
+    options: dict = field(default_factory=dict)  # model-specific, e.g. {layers: 10, kernel: 5}
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0  # may be fractional: 0.5 trains half an epoch
+    batch_size: int = 256
+    optimizer: str = "adamw"  # adam, adamw, sgd, rmsprop
+    lr: float = 0.02
+    weight_decay: float = 5e-4  # not applied to biases and norm layers
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = True  # sgd
+    schedule: str = "onecycle"  # constant, step, plateau, cosine, onecycle
+    warmup: float = 0.0  # epochs of linear warm-up (cosine)
+    step_epochs: int = 10  # step: multiply the lr by gamma every step_epochs
+    gamma: float = 0.1  # step and plateau factor
+    plateau_patience: int = 2  # plateau: epochs without improvement before lowering the lr
+    label_smoothing: float = 0.0
+    class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
+    monitor: str = "val_acc"  # val_acc or val_loss: picks the best epoch, early stopping, plateau
+    early_stop: int | None = None  # stop after this many epochs without improvement
+    time: str | None = None  # wall-time budget such as 90s, 5m, 1h: ends cleanly, saving everything
+    freeze_epochs: int = 0  # transfer learning: train only the head for this many epochs first
+    backbone_lr: float = 0.1  # then train the body at lr x this factor (discriminative lr)
+    ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
+    clip: float | None = None  # clip the gradient norm to this value
+    precision: str = "fp32"  # fp32, bf16 (CPU or CUDA), fp16 (CUDA)
+    channels_last: bool = False
+    device: str = "auto"  # auto (cuda, mps, cpu), or one of them
+    nonfinite: str = "stop"  # a NaN/inf loss: stop, or skip the step
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str | None = None  # run name (default: <model>-<dataset>-<time>)
+    out: str = "runs"  # parent folder of run directories
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
+    """Defaults, updated by a YAML file, updated by {'train.lr': 0.01, ...}; checked against the dataclasses."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise ImgclfError(f"cannot read config {path}: {err.strerror or err}.") from err
+        except yaml.YAMLError as err:
+            raise ImgclfError(f"config {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ImgclfError(f"cannot set {dotted}: {key} is not a section.")
+        node[leaf] = value
+    return _build(Config, data, "")
+
+
+def _build(cls: type, data: dict, where: str):
+    """Instantiate dataclass `cls` from `data`, recursing into nested dataclasses and checking types."""
+    if not isinstance(data, dict):
+        raise ImgclfError(f"{where.rstrip('.') or 'the config'} must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; known: {', '.join(names)}"
+            raise ImgclfError(f"unknown config key {where}{key}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _check(value, hint, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _check(value: object, hint: object, key: str) -> object:
+    """`value` if it fits the annotation (an int is a fine float), else a clear error."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+        base = typing.get_origin(option) or option
+        if base in (int, bool, dict) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+    wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
+    raise ImgclfError(f"config key {key} must be {wanted}, got {value!r}.")
