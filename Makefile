@@ -1,4 +1,4 @@
-# make demo: set up .venv if missing, then run the main job.  make test: set up, lint, run the tests.
+# make demo: set up .venv if missing, then train the fast MNIST recipe.  make test: set up, lint, run the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,8 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/imgclf data info mnist
-	$(BIN)/imgclf data preview mnist --out runs/mnist-preview.png
+	$(BIN)/imgclf train --config configs/mnist-fast.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -18,7 +18,10 @@ from imgclf.errors import ImgclfError
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 user error, 2 usage)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     try:
@@ -38,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgclf", description="Image classification with CNNs.")
     parser.add_argument("--version", action="version", version=f"imgclf {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    logs = argparse.ArgumentParser(add_help=False)  # every command takes these
+    logs.add_argument("-v", "--verbose", action="store_true", help="debug log output")
+    logs.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
 
     data = commands.add_parser("data", help="look at a dataset").add_subparsers(
         dest="data_command", required=True, metavar="ACTION")
-    source = argparse.ArgumentParser(add_help=False)
+    source = argparse.ArgumentParser(add_help=False, parents=[logs])
     source.add_argument("source", help="dataset name (mnist, fashion-mnist, kmnist, cifar10, digits) "
                                        "or folder:PATH")
     source.add_argument("--data-dir", type=Path, help="folder with the dataset's files (default: "
@@ -64,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--per-class", type=_positive, default=8, help="samples per class (default 8)")
     preview.set_defaults(run=_data_preview)
 
-    summary = commands.add_parser("summary", help="Keras-style layer table, parameters, multiply-adds, size")
+    summary = commands.add_parser("summary", parents=[logs],
+                                  help="Keras-style layer table, parameters, multiply-adds, size")
     summary.add_argument("model", help="a model name (imgclf models list)")
     summary.add_argument("--input", type=_shape, default=None, metavar="CxHxW",
                          help="input shape (default: the model's own, e.g. 1x28x28 or 3x224x224)")
@@ -74,9 +79,31 @@ def _parser() -> argparse.ArgumentParser:
                          help="a model option, e.g. --option layers=10 --option kernel=5 (repeatable)")
     summary.set_defaults(run=_summary)
 
+    training = commands.add_parser(
+        "train", parents=[logs], help="train a model into a run directory",
+        description="Train a model. Any config key can be set as --section.key VALUE, e.g. --train.lr 0.01 "
+                    "--model.options '{layers: 10}' (see configs/*.yaml for every key).")
+    training.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+    training.add_argument("--dataset", help="dataset name or folder:PATH (data.dataset)")
+    training.add_argument("--model", help="model name (model.name)")
+    training.add_argument("--data-dir", help="folder with the dataset's files (data.data_dir)")
+    training.add_argument("--epochs", type=float, help="epochs, may be fractional (train.epochs)")
+    training.add_argument("--time", help="wall-time budget such as 5m (train.time)")
+    training.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
+    training.add_argument("--name", help="run directory name (default: <model>-<dataset>-<time>)")
+    training.add_argument("--out", help="parent folder of run directories (default runs)")
+    training.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly where it stopped")
+    training.set_defaults(run=_train, overrides=True)
+
+    predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
+    predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    predict.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
+    predict.set_defaults(run=_predict)
+
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
-    listing = models.add_parser("list", help="names, parameters and default input of every model")
+    listing = models.add_parser("list", parents=[logs], help="names, parameters and default input of every model")
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     listing.set_defaults(run=_models_list)
     return parser
@@ -94,6 +121,62 @@ def _option(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as layers=10, got {text!r}")
     return key, yaml.safe_load(value)
+
+
+_SHORTCUTS = {"dataset": "data.dataset", "model": "model.name", "data_dir": "data.data_dir",
+              "epochs": "train.epochs", "time": "train.time", "device": "train.device", "name": "name", "out": "out"}
+
+
+def _dotted(tokens: list[str]) -> dict[str, object]:
+    """['--train.lr', '0.01', '--model.options={layers: 10}'] -> {'train.lr': 0.01, ...}, values read as YAML."""
+    overrides, i = {}, 0
+    while i < len(tokens):
+        key, sep, value = tokens[i].partition("=")
+        if not key.startswith("--") or "." not in key:
+            raise ImgclfError(f"unexpected argument {tokens[i]!r}; config keys look like --train.lr 0.01.")
+        if not sep:
+            if i + 1 >= len(tokens):
+                raise ImgclfError(f"{key} needs a value, e.g. {key} 0.01.")
+            value, i = tokens[i + 1], i + 1
+        try:
+            overrides[key[2:]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key[2:]] = value
+        i += 1
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+    from imgclf.train import train
+
+    overrides = {dotted: getattr(args, flag) for flag, dotted in _SHORTCUTS.items() if getattr(args, flag) is not None}
+    overrides.update(_dotted(args.extra))
+    if args.resume is not None:
+        saved = args.resume / "config.yaml"
+        config = load_config(saved, overrides) if saved.is_file() else None
+        run = train(config, resume=args.resume, progress=not args.quiet)
+    else:
+        run = train(load_config(args.config, overrides), progress=not args.quiet)
+    summary = run.summary
+    best = summary.get("best") or {}
+    print(f"run: {run.path}")
+    print(f"{summary['stopped']} after {summary['epochs']:.2f} epochs ({summary['steps']} steps) "
+          f"in {summary['train_seconds']:.1f}s of training")
+    if best.get("metric", "epoch") != "epoch":
+        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']:g}, saved to "
+              f"{run.path / 'model.safetensors'}")
+    elif best:
+        print(f"no validation split: the final weights are saved to {run.path / 'model.safetensors'}")
+    if "test_acc" in summary:
+        print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from imgclf.predict import predict_files
+
+    for path, top in zip(args.images, predict_files(args.run_dir, args.images, args.top), strict=True):
+        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
 
 
 def _positive(text: str) -> int:

@@ -121,6 +121,15 @@ def test_registry_errors():
     assert set(BACKBONES) <= set(list_models())
 
 
+def test_backbone_sizes_match_torchvision_metadata():
+    from torchvision import models
+
+    for arch, (_, size, smallest) in BACKBONES.items():
+        meta = models.get_model_weights(arch).DEFAULT
+        assert size == meta.transforms().crop_size[0]
+        assert smallest == (16 if arch == "vit_b_16" else max(8, meta.meta["min_size"][0]))
+
+
 def _torchvision_state(arch: str, tmp_path, suffix: str):
     """A torchvision-format weight file (random weights, 1000-class head), as the official files are."""
     from torchvision import models

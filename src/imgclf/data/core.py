@@ -31,6 +31,11 @@ class TensorSplit:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
+    def take(self, indices) -> TensorSplit:
+        """The samples at `indices`, as a new split."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TensorSplit(self.images[index], self.labels[index])
+
 
 @dataclass
 class FileSplit:
@@ -48,6 +53,11 @@ class FileSplit:
                 return image_to_tensor(image), int(self.labels[i])
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {self.paths[i]}: {err}. Remove or replace the file.") from err
+
+    def take(self, indices) -> FileSplit:
+        """The samples at `indices`, as a new split."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
 
 
 Split = TensorSplit | FileSplit
@@ -85,9 +95,9 @@ def channel_stats(split: Split, channels: int, limit: int | None = None, seed: i
     count = 0
     for chunk in np.array_split(indices, max(1, len(indices) // 4096)):
         for images in _images(split, chunk):  # (B, C, H, W) uint8
-            x = convert_channels(images, channels).double() / 255
-            total += x.sum(dim=(0, 2, 3))
-            squares += (x * x).sum(dim=(0, 2, 3))
+            x = convert_channels(images, channels).float() / 255  # float32 per chunk, float64 across chunks
+            total += x.sum(dim=(0, 2, 3)).double()
+            squares += (x * x).sum(dim=(0, 2, 3)).double()
             count += x[:, 0].numel()
     mean = total / count
     std = (squares / count - mean * mean).clamp(min=0).sqrt()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.transforms.v2.functional import to_pil_image
 
 from imgclf.data.core import Split
 
@@ -35,7 +34,7 @@ def preview_grid(split: Split, classes: list[str], per_class: int = 8, max_class
 
 def _tile(image: torch.Tensor) -> Image.Image:
     """uint8 (C, H, W) -> a PIL image fitted into a _TILE square, aspect kept."""
-    pil = to_pil_image(image).convert("RGB")
+    pil = Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).convert("RGB")
     scale = _TILE / max(pil.size)
     size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS

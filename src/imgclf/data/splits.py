@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from imgclf.errors import DataError
 
@@ -39,5 +38,7 @@ def kfold(labels: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, n
     if counts[smallest] < k:
         raise DataError(f"class {smallest} has only {counts[smallest]} samples, fewer than k={k} folds; "
                         f"use k <= {counts[smallest]} or add samples.")
+    from sklearn.model_selection import StratifiedKFold  # imported here: scikit-learn takes seconds to load
+
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(folds.split(np.zeros(len(labels)), labels))

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 
 from imgclf.errors import DataError
@@ -29,7 +28,8 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
         values = np.asarray(image, dtype=np.float64)
         top = 1.0 if image.mode == "F" and values.max() <= 1 else 255.0 if values.max() <= 255 else 65535.0
         return torch.from_numpy(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8)).unsqueeze(0)
-    return TF.pil_to_tensor(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
+    array = np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
+    return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -39,8 +39,9 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
         return images
     if (have, channels) == (1, 3):
         return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
-    if (have, channels) == (3, 1):
-        return TF.rgb_to_grayscale(images)
+    if (have, channels) == (3, 1):  # ITU-R 601-2 luma, as PIL's convert("L")
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(3, 1, 1)
+        return (images.float() * weights).sum(dim=-3, keepdim=True).round().to(images.dtype)
     raise DataError(f"cannot convert {have}-channel images to {channels} channels; "
                     "use 1 (grayscale) or 3 (RGB).")
 
@@ -64,7 +65,9 @@ class Preprocess:
         """uint8 (..., C, H, W) of any size -> uint8 (..., channels, *size)."""
         images = convert_channels(images, self.channels)
         if tuple(images.shape[-2:]) != tuple(self.size):
-            images = TF.resize(images, list(self.size), antialias=True)
+            batch = images.reshape(-1, *images.shape[-3:]).float()  # interpolate wants (B, C, H, W) floats
+            resized = F.interpolate(batch, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+            images = resized.round().clamp(0, 255).to(torch.uint8).view(*images.shape[:-2], *self.size)
         return images
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

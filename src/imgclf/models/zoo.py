@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from imgclf.errors import ImgclfError
 from imgclf.models.base import Classifier, InputSpec
@@ -17,18 +16,24 @@ from imgclf.models.weights import load_matching, read_state_dict
 
 log = logging.getLogger(__name__)
 
-# name -> the module Grad-CAM hooks by default (the last convolutional stage; a ViT's encoder output)
+# name -> (module Grad-CAM hooks by default, default input side, smallest input side). The sizes are
+# torchvision's weight metadata (crop size, min_size; at least 8), kept here so that startup does not
+# import torchvision.models (2 s); a test checks them against torchvision. A ViT from scratch takes
+# any multiple of its 16-pixel patch.
 BACKBONES = {
-    "alexnet": "features", "vgg11_bn": "features", "vgg16_bn": "features",
-    "resnet18": "layer4", "resnet34": "layer4", "resnet50": "layer4", "densenet121": "features",
-    "efficientnet_b0": "features", "mobilenet_v3_small": "features", "mobilenet_v3_large": "features",
-    "inception_v3": "Mixed_7c", "convnext_tiny": "features", "vit_b_16": "encoder",
+    "alexnet": ("features", 224, 63), "vgg11_bn": ("features", 224, 32), "vgg16_bn": ("features", 224, 32),
+    "resnet18": ("layer4", 224, 8), "resnet34": ("layer4", 224, 8), "resnet50": ("layer4", 224, 8),
+    "densenet121": ("features", 224, 29), "efficientnet_b0": ("features", 224, 8),
+    "mobilenet_v3_small": ("features", 224, 8), "mobilenet_v3_large": ("features", 224, 8),
+    "inception_v3": ("Mixed_7c", 299, 75), "convnext_tiny": ("features", 224, 32), "vit_b_16": ("encoder", 224, 16),
 }
 
 
 def build_backbone(arch: str, num_classes: int, in_channels: int, image_size: int, pretrained: bool = False,
                    weights: str | Path | None = None) -> Classifier:
     """A torchvision model, its final linear layer replaced by a new head; first conv adapted to in_channels."""
+    from torchvision import models as tvm
+
     default = tvm.get_model_weights(arch).DEFAULT
     with_weights = pretrained or weights is not None
     if with_weights and in_channels not in (1, 3):
@@ -49,7 +54,7 @@ def build_backbone(arch: str, num_classes: int, in_channels: int, image_size: in
             spec = _gray_first_conv(net, spec)
     elif in_channels != 3:
         _replace_first_conv(net, in_channels)
-    model = Classifier(net, linear.in_features, num_classes, spec, f"body.{BACKBONES[arch]}")
+    model = Classifier(net, linear.in_features, num_classes, spec, f"body.{BACKBONES[arch][0]}")
     if arch == "vit_b_16":  # its 12 encoder blocks sit inside a non-Sequential module
         model.open_modules = ("encoder", "encoder.layers")
     return model
@@ -66,6 +71,8 @@ def _torchvision_model(arch: str, weights, with_weights: bool, image_size: int) 
         if image_size % 16:
             raise ImgclfError(f"vit_b_16 needs an image size divisible by 16 (its patch size), got {image_size}.")
         kwargs["image_size"] = image_size
+    from torchvision import models as tvm
+
     if weights is None:
         return tvm.get_model(arch, weights=None, **kwargs)
     try:
@@ -105,15 +112,6 @@ def _gray_first_conv(net: nn.Module, rgb: InputSpec) -> InputSpec:
     return InputSpec(rgb.size, 1, (gray_mean,), (gray_std,))
 
 
-def _register_all() -> None:
-    for arch in BACKBONES:
-        meta = tvm.get_model_weights(arch).DEFAULT
-        crop = meta.transforms().crop_size[0]
-        low = 16 if arch == "vit_b_16" else meta.meta["min_size"][0]  # from scratch a ViT takes any multiple of 16
-        params = meta.meta["num_params"]
-        register_model(arch, default_size=crop, min_size=max(low, 8), pretrained=True,
-                       description=f"torchvision {arch}, {params / 1e6:.1f}M params with its ImageNet head")(
-            functools.partial(build_backbone, arch))
-
-
-_register_all()
+for _arch, (_, _size, _smallest) in BACKBONES.items():
+    register_model(_arch, default_size=_size, min_size=_smallest, pretrained=True,
+                   description=f"torchvision {_arch}, for transfer learning")(functools.partial(build_backbone, _arch))

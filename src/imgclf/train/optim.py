@@ -57,7 +57,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
     if name == "onecycle":
         peaks = [group["lr"] for group in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=max(total_steps, 2),
+        # OneCycleLR divides by its warm-up length: at least 8 steps keep that at 1 or more
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=max(total_steps, 8),
                                                    pct_start=0.25, cycle_momentum=False), True
     raise ImgclfError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
 

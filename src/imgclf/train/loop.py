@@ -1,0 +1,395 @@
+"""The training loop behind `imgclf train`: it writes the run directory as it goes and resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from imgclf.config import Config, load_config
+from imgclf.data import Dataset, Split, augment_preset, batches, default_preprocess, load_dataset, stratified_split
+from imgclf.errors import ImgclfError
+from imgclf.models import create_model
+from imgclf.rundir import atomic_write, save_model
+from imgclf.train.optim import make_optimizer, make_schedule
+
+log = logging.getLogger(__name__)
+_RESUMABLE = {"epochs", "time", "early_stop", "device"}  # train settings a resumed run may change
+
+
+class TrainingError(ImgclfError):
+    """Training cannot go on (a non-finite loss, a mismatched resume)."""
+
+
+@dataclass
+class Run:
+    """What `train` returns: the run directory, its config, one row per epoch, and the summary."""
+
+    path: Path
+    config: Config
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def train(config: Config | None = None, resume: str | Path | None = None, *, progress: bool = True,
+          max_steps: int | None = None) -> Run:
+    """Train per `config` into a new run directory, or continue the run in `resume` exactly.
+
+    max_steps ends this call cleanly after that many optimizer steps, as the time budget does (resumable)."""
+    started = time.monotonic()
+    if resume is not None:
+        folder = Path(resume)
+        config = _resume_config(folder, config)
+    else:
+        config = config or Config()
+        folder = _new_folder(config)
+    trainer = Trainer(config, folder, progress)
+    if resume is not None:
+        trainer.restore()
+    else:
+        config.save(folder / "config.yaml")
+    return trainer.fit(started, max_steps)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1.5h' or a plain number of seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text or "")
+    if not match:
+        raise ImgclfError(f"time budget {text!r} is not a duration; write it like 90s, 5m or 1.5h.")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; a named device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(name.split(":")[0], False):
+        raise ImgclfError(f"device {name!r} is not available here; use auto or cpu.")
+    return torch.device(name)
+
+
+def _new_folder(config: Config) -> Path:
+    name = config.name or (f"{config.model.name}-{config.data.dataset.replace('folder:', '').strip('/').split('/')[-1]}"
+                           f"-{datetime.now():%Y%m%d-%H%M%S}")
+    folder = Path(config.out) / name
+    if folder.exists():
+        raise ImgclfError(f"run directory {folder} already exists; continue it with --resume {folder}, "
+                          "or choose another --name.")
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _resume_config(folder: Path, given: Config | None) -> Config:
+    """The run's saved config; a given config may change only the settings in _RESUMABLE."""
+    if not (folder / "config.yaml").is_file() or not (folder / "state.pt").is_file():
+        raise ImgclfError(f"{folder} is not a resumable run directory (config.yaml and state.pt are missing).")
+    saved = load_config(folder / "config.yaml")
+    if given is None:
+        return saved
+    old, new = saved.to_dict(), given.to_dict()
+    changed = [f"{section}.{key}" for section in ("data", "model", "train") for key in old[section]
+               if old[section][key] != new[section][key] and not (section == "train" and key in _RESUMABLE)]
+    if old["train"]["epochs"] != new["train"]["epochs"] and saved.train.schedule in ("onecycle", "cosine"):
+        changed.append("train.epochs (the onecycle and cosine schedules are planned over the whole run)")
+    if changed:
+        raise TrainingError(f"cannot resume {folder} with a different {', '.join(changed)}; resuming must keep "
+                            f"the data, model and training settings (only train.{', train.'.join(sorted(_RESUMABLE))} "
+                            "may change). Start a new run instead.")
+    return given
+
+
+def _splits(dataset: Dataset, config: Config) -> tuple[Split, Split | None]:
+    """(train, validation): the dataset's own val split, or a stratified, seeded part of train."""
+    train = dataset.split("train")
+    if config.data.subset:
+        train = train.take(np.arange(min(config.data.subset, len(train))))
+    if "val" in dataset.splits:
+        return train, dataset.split("val")
+    if not config.data.val_fraction:
+        return train, None
+    parts = stratified_split(train.labels.numpy(), {"train": 1 - config.data.val_fraction,
+                                                    "val": config.data.val_fraction}, config.data.split_seed)
+    return train.take(parts["train"]), train.take(parts["val"])
+
+
+class Trainer:
+    """Everything one run needs, its resumable state, and the loop."""
+
+    def __init__(self, config: Config, folder: Path, progress: bool) -> None:
+        self.config, self.folder, self.progress = config, folder, progress
+        cfg, data = config.train, config.data
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.dataset = load_dataset(data.dataset, data.data_dir, fractions=None, seed=data.split_seed,
+                                    strict=data.strict)
+        self.train_split, self.val_split = _splits(self.dataset, config)
+        data_pre = default_preprocess(self.dataset)
+        self.model = create_model(config.model.name, len(self.dataset.classes), data.channels or data_pre.channels,
+                                  data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
+                                  freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
+                                  **config.model.options).to(self.device)
+        self.preprocess = self.model.input_spec.preprocess(data_pre)
+        self.augment = augment_preset(self.dataset.kind if data.augment == "auto" else data.augment)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) \
+            if cfg.ema else None
+        self.steps_per_epoch = len(self.train_split) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise ImgclfError(f"batch size {cfg.batch_size} is larger than the {len(self.train_split)} training "
+                              "images; lower train.batch_size.")
+        self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.schedule, self.per_step = make_schedule(self.optimizer, cfg, self.steps_per_epoch, self.total_steps)
+        self.loss_weights = self._class_weights() if cfg.class_weights else None
+        self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        if cfg.precision not in ("fp32", "bf16", "fp16") or (cfg.precision == "fp16" and self.device.type != "cuda"):
+            raise ImgclfError(f"precision {cfg.precision!r} is not supported on {self.device.type}; "
+                              "use fp32 or bf16 (fp16 needs CUDA).")
+        if cfg.nonfinite not in ("stop", "skip"):
+            raise ImgclfError(f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}.")
+        if cfg.monitor not in ("val_acc", "val_loss"):
+            raise ImgclfError(f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}.")
+        self.budget = parse_duration(cfg.time) if cfg.time else None
+        # resumable state
+        self.epoch, self.batch, self.step, self.skipped, self.bad_epochs, self.elapsed = 0, 0, 0, 0, 0, 0.0
+        self.session_start = time.monotonic()  # elapsed counts training time over all sessions of the run
+        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.partial = {"loss": 0.0, "correct": 0, "count": 0}
+        self.history: list[dict] = []
+        self.best: dict = {}
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "skipped": self.skipped, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed_now(),
+                "aug_rng": self.aug_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "partial": dict(self.partial), "history": self.history, "best": self.best}
+
+    def restore(self) -> None:
+        """Load state.pt (weights_only: plain tensors and numbers) and carry on from it."""
+        path = self.folder / "state.pt"
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # a truncated or damaged file: say so, never start over silently
+            raise TrainingError(f"{path} is damaged and cannot be resumed ({str(err).splitlines()[0]}). The "
+                                f"best model so far is still in {self.folder / 'model.safetensors'}; start a new "
+                                "run to train further.") from err
+        self.model.load_state_dict(state["model"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in ("epoch", "batch", "step", "skipped", "bad_epochs", "elapsed", "partial", "history", "best"):
+            setattr(self, key, state[key])
+        self.aug_rng.set_state(state["aug_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s at epoch %d, step %d", self.folder, self.epoch + 1, self.step)
+
+    def _checkpoint(self) -> None:
+        atomic_write(self.folder / "state.pt", lambda tmp: torch.save(self.state_dict(), tmp))
+
+    # -- loop ---------------------------------------------------------------------------------------
+    def fit(self, started: float, max_steps: int | None) -> Run:
+        cfg = self.config.train
+        self.session_start, steps_at_start, stop = time.monotonic(), self.step, ""
+        try:
+            while self.step < self.total_steps and not stop:
+                # transfer learning: only the head for the first freeze_epochs, then the configured freeze
+                frozen = cfg.freeze_epochs and self.epoch < cfg.freeze_epochs
+                self.model.freeze("backbone" if frozen else self.config.model.freeze)
+                order = torch.randperm(len(self.train_split),
+                                       generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+                stop = self._train_epoch(order[self.batch * cfg.batch_size:], steps_at_start, max_steps)
+                if not stop or self.batch == self.steps_per_epoch:
+                    stop = self._end_epoch() or stop
+        except KeyboardInterrupt:
+            stop = "interrupted"
+        if stop and self.batch:
+            self._stop_mid_epoch(stop)
+        self.elapsed, self.session_start = self.elapsed_now(), time.monotonic()
+        return self._finish(stop, started)
+
+    def elapsed_now(self) -> float:
+        return self.elapsed + time.monotonic() - self.session_start
+
+    def _train_epoch(self, order: torch.Tensor, steps_at_start: int, max_steps: int | None) -> str:
+        """Steps over `order` until the epoch, the step count or a budget ends; returns why it stopped early."""
+        cfg = self.config.train
+        self.model.train()
+        remaining = min(len(order) // cfg.batch_size, self.total_steps - self.step)
+        bar = tqdm(total=remaining, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
+                   disable=not self.progress)
+        stream = batches(self.train_split, self.preprocess, cfg.batch_size, order=order, augment=self.augment,
+                         generator=self.aug_rng, device=self.device, num_workers=self.config.data.num_workers,
+                         drop_last=True)
+        with bar:
+            for x, y in stream:
+                self._step(x, y)
+                bar.update()
+                bar.set_postfix(loss=f"{self.partial['loss'] / max(1, self.partial['count']):.4f}", refresh=False)
+                if self.step >= self.total_steps:
+                    break
+                if self.budget and self.elapsed_now() >= self.budget:
+                    return "time budget"
+                if max_steps is not None and self.step - steps_at_start >= max_steps:
+                    return "max steps"
+        return ""
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        cfg = self.config.train
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
+                                  enabled=cfg.precision != "fp32")
+        # skipping a bad batch must also undo what its forward pass did to batch norm statistics
+        buffers = [b.clone() for b in self.model.buffers()] if cfg.nonfinite == "skip" else []
+        with autocast:
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=self.loss_weights, label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self._nonfinite(loss)
+            with torch.no_grad():
+                for saved, buffer in zip(buffers, self.model.buffers(), strict=True):
+                    buffer.copy_(saved)
+        else:
+            self.scaler.scale(loss).backward()
+            if cfg.clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+            self.partial["loss"] += loss.item() * len(y)
+            self.partial["correct"] += int((logits.argmax(1) == y).sum())
+            self.partial["count"] += len(y)
+            if self.per_step:
+                self.schedule.step()
+        self.step += 1
+        self.batch += 1
+
+    def _nonfinite(self, loss: torch.Tensor) -> None:
+        where = f"epoch {self.epoch + 1}, step {self.step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
+        if self.config.train.nonfinite == "skip" and self.skipped < 100:
+            self.skipped += 1
+            log.warning("loss is %s at %s; step skipped", loss.item(), where)
+            return
+        skipped = f" after {self.skipped} skipped steps" if self.skipped else ""
+        raise TrainingError(f"the loss became {loss.item()} at {where}{skipped}. Lower the learning rate (train.lr), "
+                            "or clip gradients (train.clip 1.0). Nothing from this step was saved; the last "
+                            f"good checkpoint stays in {self.folder}.")
+
+    def _end_epoch(self) -> str:
+        """Validate, log a row, keep the best weights, checkpoint; returns a reason to stop, if any."""
+        cfg = self.config.train
+        row = {"epoch": self.epoch + 1, "step": self.step,
+               "train_loss": self.partial["loss"] / max(1, self.partial["count"]),
+               "train_acc": self.partial["correct"] / max(1, self.partial["count"]),
+               **self.validate(), "lr": self.optimizer.param_groups[-1]["lr"],
+               "seconds": round(self.elapsed_now(), 2)}
+        self.history.append(row)
+        self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
+        if not self.per_step:
+            self.schedule.step(row.get(cfg.monitor, row["train_loss"]))
+        improved = self._keep_if_best(row)
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        self._write_metrics()
+        self._checkpoint()
+        values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "seconds"))
+        log.info("epoch %d: %s  (%.1fs)", row["epoch"], values, row["seconds"])
+        if cfg.early_stop and self.bad_epochs >= cfg.early_stop:
+            return "early stopping"
+        return ""
+
+    def validate(self) -> dict:
+        """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
+        if self.val_split is None:
+            return {}
+        model = self.ema.module if self.ema else self.model
+        model.eval()
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for x, y in batches(self.val_split, self.preprocess, 1024, device=self.device,
+                                num_workers=self.config.data.num_workers):
+                logits = model(x).float()
+                total += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.argmax(1) == y).sum())
+        self.model.train()
+        return {"val_loss": total / len(self.val_split), "val_acc": correct / len(self.val_split)}
+
+    def _keep_if_best(self, row: dict) -> bool:
+        """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
+        key = self.config.train.monitor if self.val_split is not None else "epoch"
+        value = row[key]
+        better = not self.best or (value < self.best["value"] if key == "val_loss" else value > self.best["value"])
+        if better:
+            self.best = {"value": value, "metric": key, "epoch": row["epoch"], "step": row["step"]}
+            model = self.ema.module if self.ema else self.model
+            save_model(self.folder, model, self.dataset.classes, self.preprocess,
+                       dataset=self.config.data.dataset, metrics={k: v for k, v in row.items()})
+        return better
+
+    def _write_metrics(self) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.history[0]))
+                writer.writeheader()
+                writer.writerows(self.history)
+        atomic_write(self.folder / "metrics.csv", write)
+
+    def _stop_mid_epoch(self, reason: str) -> None:
+        """A budget or Ctrl-C ended the run part-way: keep the weights if they are the best, and a checkpoint."""
+        if self.partial["count"]:
+            row = {"epoch": self.epoch + self.batch / self.steps_per_epoch, "step": self.step, **self.validate()}
+            self._keep_if_best(row)
+        self._checkpoint()
+        log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
+                    reason, self.epoch + self.batch / self.steps_per_epoch, self.step, self.folder)
+
+    def _finish(self, stop: str, started: float) -> Run:
+        summary = {"stopped": stop or "done", "epochs": self.step / self.steps_per_epoch, "steps": self.step,
+                   "best": self.best, "train_seconds": round(self.elapsed, 2),
+                   "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped}
+        if "test" in self.dataset.splits and self.best and stop not in ("interrupted",):
+            summary["test_acc"] = self._test_accuracy()
+        atomic_write(self.folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+        return Run(self.folder, self.config, self.history, summary)
+
+    def _test_accuracy(self) -> float:
+        """Accuracy of the saved (best) model on the test split: reported, never used for any choice."""
+        from imgclf.rundir import load_model
+
+        model, _ = load_model(self.folder)
+        model.to(self.device)
+        correct = 0
+        with torch.no_grad():
+            for x, y in batches(self.dataset.split("test"), self.preprocess, 1024, device=self.device,
+                                num_workers=self.config.data.num_workers):
+                correct += int((model(x).argmax(1) == y).sum())
+        return correct / len(self.dataset.split("test"))
+
+    def _class_weights(self) -> torch.Tensor:
+        counts = torch.bincount(self.train_split.labels, minlength=len(self.dataset.classes)).float()
+        return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(self.device)
+
+

@@ -1,0 +1,224 @@
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from imgclf.cli import main
+from imgclf.config import Config, load_config
+from imgclf.errors import ImgclfError
+from imgclf.models import create_model
+from imgclf.rundir import load_model
+from imgclf.train import TrainingError, parse_duration, train
+from imgclf.train.optim import make_optimizer, make_schedule
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _config(tmp_path, mnist_dir, **overrides) -> Config:
+    """A small MNIST run: 2,000 real training images, tiny model, seconds per run."""
+    base = {"out": str(tmp_path / "runs"), "data.dataset": "mnist", "data.data_dir": str(mnist_dir),
+            "data.subset": 2000, "data.augment": "none", "data.num_workers": 0, "model.name": "mnist-fast",
+            "train.epochs": 1, "train.batch_size": 64, "train.lr": 0.01}
+    return load_config(None, {**base, **overrides})
+
+
+def test_overfits_a_single_small_batch(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir, **{"data.subset": 32, "data.val_fraction": 0.0, "train.batch_size": 32,
+                                             "train.epochs": 60, "train.schedule": "constant",
+                                             "train.weight_decay": 0.0})
+    run = train(config, progress=False)
+    assert run.history[-1]["train_loss"] < 0.05 and run.history[-1]["train_acc"] == 1.0
+
+
+def test_short_real_mnist_run_writes_a_complete_run_directory(tmp_path, mnist_dir):
+    run = train(_config(tmp_path, mnist_dir, **{"data.subset": 6000, "train.epochs": 2}), progress=False)
+    names = {p.name for p in run.path.iterdir()}
+    assert {"config.yaml", "model.safetensors", "model.json", "state.pt", "metrics.csv", "summary.json"} <= names
+    assert run.summary["test_acc"] > 0.9 and run.history[-1]["val_acc"] > 0.9  # chance is 0.1
+    rows = list(csv.DictReader((run.path / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {"train_loss", "val_acc", "lr", "seconds"} <= set(rows[0])
+    meta = json.loads((run.path / "model.json").read_text())
+    assert meta["classes"] == [str(d) for d in range(10)] and meta["preprocess"]["mean"] == [0.1307]
+    model, _ = load_model(run.path)  # the saved model gives the reported test accuracy
+    assert model.config["name"] == "mnist-fast"
+    assert load_config(run.path / "config.yaml") == run.config  # re-runnable as-is
+
+
+def test_resume_is_exact(tmp_path, mnist_dir):
+    """Stopped part-way through epoch 1 and resumed == uninterrupted: same losses, same weights.
+    Augmentation, dropout and weight averaging all draw random numbers or carry state across the stop."""
+    overrides = {"data.augment": "digits", "model.name": "cnn", "train.epochs": 2, "train.ema": 0.9,
+                 "model.options": {"layers": 2, "width": 8, "dropout": 0.3}}
+    whole = train(_config(tmp_path, mnist_dir, name="whole", **overrides), progress=False)
+    cut = train(_config(tmp_path, mnist_dir, name="cut", **overrides), progress=False, max_steps=10)
+    assert cut.summary["stopped"] == "max steps" and cut.history == []
+    resumed = train(resume=cut.path, progress=False)
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in whole.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    a, b = load_file(whole.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last_a = torch.load(whole.path / "state.pt", weights_only=True)["model"]
+    last_b = torch.load(resumed.path / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+
+def test_resume_refuses_a_changed_config_and_a_damaged_checkpoint(tmp_path, mnist_dir):
+    run = train(_config(tmp_path, mnist_dir), progress=False, max_steps=3)
+    changed = _config(tmp_path, mnist_dir, **{"model.name": "cnn", "train.lr": 0.5, "train.epochs": 3})
+    with pytest.raises(TrainingError, match=r"cannot resume .* with a different model.name, train.lr, train.epochs "
+                                            r"\(the onecycle"):
+        train(changed, resume=run.path, progress=False)
+    state = run.path / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(TrainingError, match=r"state.pt is damaged and cannot be resumed"):
+        train(resume=run.path, progress=False)
+    assert (run.path / "model.safetensors").is_file()  # the saved model is untouched
+    with pytest.raises(ImgclfError, match="not a resumable run directory"):
+        train(resume=tmp_path, progress=False)
+
+
+def test_nan_loss_stops_with_a_message_and_saves_no_nan(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir, **{"train.lr": 1e9, "train.schedule": "constant",
+                                             "train.optimizer": "sgd", "train.epochs": 3})
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch \d+, step \d+"):
+        train(config, progress=False)
+    for weights in tmp_path.glob("runs/*/model.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+
+
+def test_a_nan_batch_can_be_skipped(tmp_path, mnist_dir):
+    from imgclf.train.loop import Trainer
+
+    config = _config(tmp_path, mnist_dir, **{"train.nonfinite": "skip"})
+    trainer = Trainer(config, tmp_path, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    x[0, 0, 0, 0] = float("nan")  # one corrupt input poisons the batch's loss
+    trainer._step(x, y)
+    assert trainer.skipped == 1 and all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    trainer._step(torch.randn(8, 1, 28, 28), y)
+    assert trainer.skipped == 1 and not torch.equal(before["head.weight"], trainer.model.head.weight)
+
+
+def test_time_budget_ends_cleanly_and_resumes(tmp_path, mnist_dir):
+    run = train(_config(tmp_path, mnist_dir, **{"train.time": "0.01s", "train.epochs": 2}), progress=False)
+    assert run.summary["stopped"] == "time budget" and run.summary["steps"] >= 1
+    assert (run.path / "model.safetensors").is_file()
+    assert train(resume=run.path, progress=False).summary["stopped"] == "time budget"  # the budget is total time
+    longer = load_config(run.path / "config.yaml", {"train.time": None})
+    assert train(longer, resume=run.path, progress=False).summary["stopped"] == "done"
+
+
+def test_early_stopping(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir, **{"train.lr": 0.0, "train.schedule": "constant", "train.epochs": 5,
+                                             "train.early_stop": 2, "train.monitor": "val_loss"})
+    run = train(config, progress=False)
+    assert run.summary["stopped"] == "early stopping" and len(run.history) == 3  # best at 1, then 2 without
+
+
+def test_transfer_schedule_trains_only_the_head_first(tmp_path, mnist_dir):
+    overrides = {"model.name": "resnet18", "data.dataset": "digits", "data.image_size": 32, "data.subset": 256,
+                 "train.freeze_epochs": 1,
+                 "train.epochs": 1, "data.val_fraction": 0.0, "train.schedule": "step"}
+    run = train(_config(tmp_path, mnist_dir, name="frozen", **overrides), progress=False)
+    torch.manual_seed(0)  # the trainer seeds before building, so this is the same initial model
+    initial = create_model("resnet18", 10, 1, 32).state_dict()
+    trained = load_file(run.path / "model.safetensors")
+    body = [k for k in initial if k.startswith("body.") and initial[k].is_floating_point()]
+    assert all(torch.equal(initial[k], trained[k]) for k in body)
+    assert not torch.equal(initial["head.weight"], trained["head.weight"])
+    longer = load_config(run.path / "config.yaml", {"train.epochs": 2})
+    resumed = train(longer, resume=run.path, progress=False)
+    final = load_file(resumed.path / "model.safetensors")
+    assert not torch.equal(initial["body.conv1.weight"], final["body.conv1.weight"])
+
+
+def test_weight_decay_spares_biases_and_norms_and_backbone_lr():
+    model = create_model("resnet18", 10, 3, 32)
+    cfg = load_config(None, {"train.freeze_epochs": 1, "train.backbone_lr": 0.1, "train.lr": 0.01}).train
+    groups = make_optimizer(model, cfg).param_groups
+    for group in groups:
+        assert (group["weight_decay"] > 0) == all(p.ndim > 1 for p in group["params"])
+    body = {id(p) for p in model.body.parameters()}
+    assert {g["lr"] for g in groups if id(g["params"][0]) in body} == {0.001}
+    assert {g["lr"] for g in groups if id(g["params"][0]) not in body} == {0.01}
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    ("step", [1.0, 1.0, 0.1, 0.1, 0.01]), ("cosine", [0.5, 1.0, 1.0, 0.854, 0.5]),
+    ("constant", [1.0] * 5)])
+def test_schedules(schedule, expected):
+    model = create_model("mnist-fast")
+    cfg = load_config(None, {"train.schedule": schedule, "train.lr": 1.0, "train.step_epochs": 1,
+                             "train.warmup": 1.0}).train
+    optimizer = make_optimizer(model, cfg)
+    scheduler, per_step = make_schedule(optimizer, cfg, steps_per_epoch=2, total_steps=6)
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert per_step and lrs == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+def test_every_optimizer_trains(tmp_path, mnist_dir, optimizer):
+    lr = {"adam": 0.003, "adamw": 0.003, "sgd": 0.05, "rmsprop": 0.001}[optimizer]
+    run = train(_config(tmp_path, mnist_dir, **{"train.optimizer": optimizer, "train.lr": lr,
+                                                "train.label_smoothing": 0.1, "train.class_weights": True,
+                                                "train.clip": 1.0}), progress=False)
+    assert run.history[-1]["val_acc"] > 0.5
+
+
+def test_config_errors(tmp_path, mnist_dir):
+    with pytest.raises(ImgclfError, match=r"unknown config key train.learning_rate"):
+        load_config(None, {"train.learning_rate": 0.1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(ImgclfError, match="is not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ImgclfError, match="unknown optimizer 'adamx'"):
+        train(_config(tmp_path, mnist_dir, **{"train.optimizer": "adamx"}), progress=False)
+    with pytest.raises(ImgclfError, match="time budget 'soon' is not a duration"):
+        parse_duration("soon")
+    assert parse_duration("1.5h") == 5400 and parse_duration("90s") == 90 and parse_duration("5m") == 300
+    with pytest.raises(ImgclfError, match="fp16 needs CUDA"):
+        train(_config(tmp_path, mnist_dir, name="fp16", **{"train.precision": "fp16", "train.device": "cpu"}),
+              progress=False)
+    train(_config(tmp_path, mnist_dir, name="taken"), progress=False, max_steps=1)
+    with pytest.raises(ImgclfError, match="already exists; continue it with --resume"):
+        train(_config(tmp_path, mnist_dir, name="taken"), progress=False)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    config = load_config(path)
+    create_model(config.model.name, 10, 1, config.data.image_size, **config.model.options)
+    assert set(yaml.safe_load(path.read_text())) <= {"name", "out", "data", "model", "train"}
+
+
+def test_cli_train_predict_and_bf16(tmp_path, mnist_dir, capsys, write_image):
+    args = ["train", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "cli",
+            "--epochs", "0.5", "--data.subset", "3000", "--train.precision", "bf16", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"run: {tmp_path / 'cli'}" in out and "test accuracy" in out
+    digit = tmp_path / "digit.png"
+    from PIL import Image
+
+    from imgclf.data import load_dataset
+    Image.fromarray(load_dataset("mnist", mnist_dir).split("test").images[0, 0].numpy()).save(digit)  # a 7
+    assert main(["predict", str(tmp_path / "cli"), str(digit), "--top", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    top = [(label, float(p)) for label, p in re.findall(r"(\d) ([0-9.]+)", line.split(": ", 1)[1])]
+    assert line.startswith(f"{digit}: ") and top[0][0] == "7" and len(top) == 2
+    assert 1 >= top[0][1] >= top[1][1] >= 0 and top[0][1] + top[1][1] <= 1.0001
+    assert main(["train", "--dataset", "mnist", "--train.nope", "1"]) == 1
+    assert "unknown config key train.nope" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), str(digit)]) == 1
+    assert "is not a run directory" in capsys.readouterr().err
