@@ -1,4 +1,8 @@
-"""imgclf: image classification with convolutional networks, from a folder of images to a served model."""
+"""imgclf: image classification with convolutional networks, from a folder of images to a served model.
+
+    import imgclf
+    run = imgclf.train(imgclf.load_config("configs/mnist-fast.yaml"))
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -9,4 +13,17 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["DataError", "ImgclfError", "__version__"]
+__all__ = ["DataError", "ImgclfError", "__version__", "load_config", "train"]
+
+
+def __getattr__(name: str):
+    """imgclf.train and imgclf.load_config, imported on first use (torch takes seconds to import)."""
+    if name == "train":
+        from imgclf.training import train
+
+        return train
+    if name == "load_config":
+        from imgclf.config import load_config
+
+        return load_config
+    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")

@@ -95,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly where it stopped")
     training.set_defaults(run=_train, overrides=True)
 
+    finder = commands.add_parser(
+        "lr-find", parents=[logs], help="learning-rate range test: plot and suggested lr",
+        description="Train briefly with an exponentially rising learning rate and suggest one. Takes the "
+                    "same --config, --dataset, --model and --section.key options as train.")
+    finder.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+    for flag in ("dataset", "model", "data-dir", "device"):
+        finder.add_argument(f"--{flag}", help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    finder.add_argument("--steps", type=_positive, default=100, help="steps of the sweep (default 100)")
+    finder.add_argument("--start", type=float, default=1e-6, help="first learning rate (default 1e-6)")
+    finder.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    finder.add_argument("--plot", type=Path, default=Path("lr_find.png"), help="plot to write (default lr_find.png)")
+    finder.set_defaults(run=_lr_find, overrides=True)
+
     predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
@@ -146,12 +159,34 @@ def _dotted(tokens: list[str]) -> dict[str, object]:
     return overrides
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Shortcut flags and --section.key options as one {dotted key: value} mapping."""
+    overrides = {dotted: getattr(args, flag) for flag, dotted in _SHORTCUTS.items()
+                 if getattr(args, flag, None) is not None}
+    overrides.update(_dotted(args.extra))
+    return overrides
+
+
+def _lr_find(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+    from imgclf.evaluate.plots import lr_find_plot
+    from imgclf.training.lr_find import lr_find
+
+    if not 0 < args.start < args.end:
+        raise ImgclfError(f"--start must be positive and below --end, got {args.start} and {args.end}.")
+    lrs, losses, suggestion = lr_find(load_config(args.config, _overrides(args)), args.steps, args.start, args.end,
+                                      progress=not args.quiet)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    lr_find_plot(lrs, losses, suggestion, args.plot)
+    print(f"swept {len(lrs)} steps from {lrs[0]:.1e} to {lrs[-1]:.1e}; lowest loss {min(losses):.4f}")
+    print(f"suggested lr: {suggestion:.2g} (--train.lr {suggestion:.2g}); plot: {args.plot}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from imgclf.config import load_config
-    from imgclf.train import train
+    from imgclf.training import train
 
-    overrides = {dotted: getattr(args, flag) for flag, dotted in _SHORTCUTS.items() if getattr(args, flag) is not None}
-    overrides.update(_dotted(args.extra))
+    overrides = _overrides(args)
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         config = load_config(saved, overrides) if saved.is_file() else None

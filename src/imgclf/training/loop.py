@@ -23,7 +23,7 @@ from imgclf.data import Dataset, Split, augment_preset, batches, default_preproc
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import atomic_write, save_model
-from imgclf.train.optim import make_optimizer, make_schedule
+from imgclf.training.optim import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
 _RESUMABLE = {"epochs", "time", "early_stop", "device"}  # train settings a resumed run may change
@@ -55,10 +55,11 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     else:
         config = config or Config()
         folder = _new_folder(config)
-    trainer = Trainer(config, folder, progress)
+    trainer = Trainer(config, folder, progress)  # fails on bad settings before anything is written
     if resume is not None:
         trainer.restore()
     else:
+        folder.mkdir(parents=True)
         config.save(folder / "config.yaml")
     return trainer.fit(started, max_steps)
 
@@ -90,7 +91,6 @@ def _new_folder(config: Config) -> Path:
     if folder.exists():
         raise ImgclfError(f"run directory {folder} already exists; continue it with --resume {folder}, "
                           "or choose another --name.")
-    folder.mkdir(parents=True)
     return folder
 
 
@@ -135,6 +135,14 @@ class Trainer:
         cfg, data = config.train, config.data
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
+        if cfg.precision not in ("fp32", "bf16", "fp16") or (cfg.precision == "fp16" and self.device.type != "cuda"):
+            raise ImgclfError(f"precision {cfg.precision!r} is not supported on {self.device.type}; "
+                              "use fp32 or bf16 (fp16 needs CUDA).")
+        if cfg.nonfinite not in ("stop", "skip"):
+            raise ImgclfError(f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}.")
+        if cfg.monitor not in ("val_acc", "val_loss"):
+            raise ImgclfError(f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}.")
+        self.budget = parse_duration(cfg.time) if cfg.time else None
         self.dataset = load_dataset(data.dataset, data.data_dir, fractions=None, seed=data.split_seed,
                                     strict=data.strict)
         self.train_split, self.val_split = _splits(self.dataset, config)
@@ -158,14 +166,6 @@ class Trainer:
         self.schedule, self.per_step = make_schedule(self.optimizer, cfg, self.steps_per_epoch, self.total_steps)
         self.loss_weights = self._class_weights() if cfg.class_weights else None
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
-        if cfg.precision not in ("fp32", "bf16", "fp16") or (cfg.precision == "fp16" and self.device.type != "cuda"):
-            raise ImgclfError(f"precision {cfg.precision!r} is not supported on {self.device.type}; "
-                              "use fp32 or bf16 (fp16 needs CUDA).")
-        if cfg.nonfinite not in ("stop", "skip"):
-            raise ImgclfError(f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}.")
-        if cfg.monitor not in ("val_acc", "val_loss"):
-            raise ImgclfError(f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}.")
-        self.budget = parse_duration(cfg.time) if cfg.time else None
         # resumable state
         self.epoch, self.batch, self.step, self.skipped, self.bad_epochs, self.elapsed = 0, 0, 0, 0, 0, 0.0
         self.session_start = time.monotonic()  # elapsed counts training time over all sessions of the run
@@ -368,6 +368,7 @@ class Trainer:
 
     def _finish(self, stop: str, started: float) -> Run:
         summary = {"stopped": stop or "done", "epochs": self.step / self.steps_per_epoch, "steps": self.step,
+                   "device": str(self.device), "threads": torch.get_num_threads(),
                    "best": self.best, "train_seconds": round(self.elapsed, 2),
                    "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped}
         if "test" in self.dataset.splits and self.best and stop not in ("interrupted",):

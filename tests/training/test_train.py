@@ -13,8 +13,8 @@ from imgclf.config import Config, load_config
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import load_model
-from imgclf.train import TrainingError, parse_duration, train
-from imgclf.train.optim import make_optimizer, make_schedule
+from imgclf.training import TrainingError, parse_duration, train
+from imgclf.training.optim import make_optimizer, make_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_a_message_and_saves_no_nan(tmp_path, mnist_dir):
 
 
 def test_a_nan_batch_can_be_skipped(tmp_path, mnist_dir):
-    from imgclf.train.loop import Trainer
+    from imgclf.training.loop import Trainer
 
     config = _config(tmp_path, mnist_dir, **{"train.nonfinite": "skip"})
     trainer = Trainer(config, tmp_path, progress=False)
@@ -190,6 +190,7 @@ def test_config_errors(tmp_path, mnist_dir):
     with pytest.raises(ImgclfError, match="fp16 needs CUDA"):
         train(_config(tmp_path, mnist_dir, name="fp16", **{"train.precision": "fp16", "train.device": "cpu"}),
               progress=False)
+    assert not (tmp_path / "runs").exists()  # a run that could not start leaves no folder behind
     train(_config(tmp_path, mnist_dir, name="taken"), progress=False, max_steps=1)
     with pytest.raises(ImgclfError, match="already exists; continue it with --resume"):
         train(_config(tmp_path, mnist_dir, name="taken"), progress=False)
@@ -222,3 +223,25 @@ def test_cli_train_predict_and_bf16(tmp_path, mnist_dir, capsys, write_image):
     assert "unknown config key train.nope" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), str(digit)]) == 1
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_lr_find_suggests_a_rate_and_plots(tmp_path, mnist_dir, capsys):
+    plot = tmp_path / "lr.png"
+    args = ["lr-find", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--data.subset", "3000",
+            "--train.batch_size", "64", "--steps", "60", "--start", "1e-5", "--end", "1e4", "--plot", str(plot), "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    suggestion = float(re.search(r"suggested lr: ([0-9.e-]+)", out)[1])
+    assert 1e-5 < suggestion < 1.0  # far below where a 10x-per-10-steps sweep makes the loss explode
+    swept = re.search(r"swept (\d+) steps", out)[1]
+    assert int(swept) < 60  # the loss diverged before lr 1e4 and the sweep stopped early
+    from PIL import Image
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert not list(tmp_path.glob("runs*"))  # nothing saved as a run
+
+
+def test_package_level_api():
+    import imgclf
+
+    assert imgclf.train is train and imgclf.load_config is load_config
