@@ -245,3 +245,27 @@ def test_package_level_api():
     import imgclf
 
     assert imgclf.train is train and imgclf.load_config is load_config
+
+
+def test_training_on_an_image_folder_streams_through_workers(tmp_path, capsys):
+    """Two classes of RGB PNGs of different sizes (bright squares vs dark), read by DataLoader workers."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for label, (low, high) in {"bright": (150, 256), "dark": (0, 100)}.items():
+        for i in range(40):
+            side = 20 + i % 7
+            pixels = torch.randint(low, high, (side, side + 3, 3), generator=rng, dtype=torch.uint8)
+            (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "photos" / label / f"{i}.png")
+    args = ["train", "--dataset", f"folder:{tmp_path / 'photos'}", "--model", "mnist-fast", "--out", str(tmp_path),
+            "--name", "folder", "--epochs", "4", "--data.image_size", "16", "--data.num_workers", "2",
+            "--train.batch_size", "16", "--train.lr", "0.01", "--train.class_weights", "true", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r"test accuracy ([0-9.]+)", out)[1]) >= 0.75
+    meta = json.loads((tmp_path / "folder" / "model.json").read_text())
+    assert meta["classes"] == ["bright", "dark"] and meta["preprocess"]["size"] == [16, 16]
+    assert meta["preprocess"]["channels"] == 3
+    assert main(["predict", str(tmp_path / "folder"), str(tmp_path / "photos" / "dark" / "3.png")]) == 0
+    assert capsys.readouterr().out.split(": ")[1].startswith("dark")
