@@ -93,3 +93,19 @@ def test_cli_bad_values_are_one_line_errors(capsys, tmp_path):
     assert main(["data", "preview", "digits", "--out", str(tmp_path / "file" / "grid.png")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_sigterm_stops_training_cleanly_and_it_resumes(tmp_path):
+    import signal
+    import time
+
+    command = [BIN / "imgclf", "train", "--dataset", "digits", "--out", str(tmp_path), "--name", "t", "--epochs", "500",
+               "--train.schedule", "constant", "--train.batch_size", "32", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "t" / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # wait for the first epoch to end, so the stop comes mid-run
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in out and "--resume" in err
+    assert main(["train", "--resume", str(tmp_path / "t"), "--epochs", "2", "-q"]) == 0

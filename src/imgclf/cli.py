@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -182,10 +183,15 @@ def _lr_find(args: argparse.Namespace) -> None:
     print(f"suggested lr: {suggestion:.2g} (--train.lr {suggestion:.2g}); plot: {args.plot}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops training as cleanly as Ctrl-C
+
+
 def _train(args: argparse.Namespace) -> None:
     from imgclf.config import load_config
     from imgclf.training import train
 
+    signal.signal(signal.SIGTERM, _interrupt)
     overrides = _overrides(args)
     if args.resume is not None:
         saved = args.resume / "config.yaml"
@@ -199,12 +205,14 @@ def _train(args: argparse.Namespace) -> None:
     print(f"{summary['stopped']} after {summary['epochs']:.2f} epochs ({summary['steps']} steps) "
           f"in {summary['train_seconds']:.1f}s of training")
     if best.get("metric", "epoch") != "epoch":
-        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']:g}, saved to "
+        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']:.4g}, saved to "
               f"{run.path / 'model.safetensors'}")
     elif best:
         print(f"no validation split: the final weights are saved to {run.path / 'model.safetensors'}")
     if "test_acc" in summary:
         print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
+    if summary["stopped"] == "interrupted":
+        raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
 
 
 def _predict(args: argparse.Namespace) -> None:

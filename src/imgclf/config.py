@@ -25,6 +25,8 @@ class DataConfig:
     image_size: int | None = None  # default: the model's own input size
     channels: int | None = None  # default: the model's
     num_workers: int = 2  # DataLoader workers for image folders
+    in_memory: bool | None = None  # image folders: decode once into memory (true), stream every epoch (false),
+    memory_limit_gb: float = 2.0  # or, when null, in memory if the prepared images take at most this much
     strict: bool = False  # fail on unreadable files instead of skipping them
 
 

@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from imgclf.data import batches, default_preprocess, describe, load_dataset
+from imgclf.data import batches, default_preprocess, describe, load_dataset, to_memory
 from imgclf.errors import DataError
 
 
@@ -124,3 +124,15 @@ def test_tiny_folder_reports_an_empty_split(tmp_path, write_image):
     dataset = load_dataset(f"folder:{tmp_path}")
     assert list(dataset.splits) == ["train"]
     assert any("split 'val' is empty" in p for p in dataset.problems)
+
+
+def test_in_memory_copy_gives_the_same_batches(image_folder):
+    dataset = load_dataset(f"folder:{image_folder}", fractions={"train": 1.0})
+    split = dataset.split("train")
+    preprocess = default_preprocess(dataset).with_(size=(8, 8))
+    memory = to_memory(split, preprocess, num_workers=2)
+    assert memory.images.shape == (20, 3, 8, 8) and memory.images.dtype == torch.uint8
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    for (a, ya), (b, yb) in zip(batches(split, preprocess, 6, order=order), batches(memory, preprocess, 6, order=order),
+                                strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)

@@ -247,8 +247,10 @@ def test_package_level_api():
     assert imgclf.train is train and imgclf.load_config is load_config
 
 
-def test_training_on_an_image_folder_streams_through_workers(tmp_path, capsys):
-    """Two classes of RGB PNGs of different sizes (bright squares vs dark), read by DataLoader workers."""
+@pytest.mark.parametrize("in_memory", ["true", "false"])
+def test_training_on_an_image_folder(tmp_path, capsys, in_memory):
+    """Two classes of RGB PNGs of different sizes (bright vs dark), decoded once into memory or streamed
+    every epoch, by DataLoader workers."""
     from PIL import Image
 
     rng = torch.Generator().manual_seed(0)
@@ -260,7 +262,8 @@ def test_training_on_an_image_folder_streams_through_workers(tmp_path, capsys):
             Image.fromarray(pixels.numpy()).save(tmp_path / "photos" / label / f"{i}.png")
     args = ["train", "--dataset", f"folder:{tmp_path / 'photos'}", "--model", "mnist-fast", "--out", str(tmp_path),
             "--name", "folder", "--epochs", "4", "--data.image_size", "16", "--data.num_workers", "2",
-            "--train.batch_size", "16", "--train.lr", "0.01", "--train.class_weights", "true", "-q"]
+            "--train.batch_size", "16", "--train.lr", "0.01", "--train.class_weights", "true",
+            "--data.in_memory", in_memory, "-q"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert float(re.search(r"test accuracy ([0-9.]+)", out)[1]) >= 0.75

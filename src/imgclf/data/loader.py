@@ -25,6 +25,15 @@ class _Prepared(torch.utils.data.Dataset):
         return self.preprocess.prepare(image), label
 
 
+def to_memory(split: FileSplit, preprocess: Preprocess, num_workers: int = 0) -> TensorSplit:
+    """Decode and prepare every image once (in DataLoader workers) into one uint8 tensor: later epochs
+    then run as fast as for MNIST. The images are exactly those `batches` would stream."""
+    loader = DataLoader(_Prepared(split, preprocess), batch_size=256, num_workers=num_workers)
+    images = torch.cat([x for x, _ in loader]) if len(split) else torch.zeros(0, preprocess.channels, *preprocess.size,
+                                                                              dtype=torch.uint8)
+    return TensorSplit(images, split.labels.clone())
+
+
 def batches(split: Split, preprocess: Preprocess, batch_size: int, *, order: torch.Tensor | None = None,
             augment: Augment | None = None, generator: torch.Generator | None = None,
             device: str | torch.device = "cpu", num_workers: int = 0, drop_last: bool = False

@@ -19,7 +19,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from imgclf.config import Config, load_config
-from imgclf.data import Dataset, Split, augment_preset, batches, default_preprocess, load_dataset, stratified_split
+from imgclf.data import (
+    Dataset,
+    FileSplit,
+    Split,
+    augment_preset,
+    batches,
+    default_preprocess,
+    load_dataset,
+    stratified_split,
+    to_memory,
+)
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import atomic_write, save_model
@@ -152,6 +162,7 @@ class Trainer:
                                   freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
                                   **config.model.options).to(self.device)
         self.preprocess = self.model.input_spec.preprocess(data_pre)
+        self.train_split, self.val_split = (self._maybe_in_memory(s) for s in (self.train_split, self.val_split))
         self.augment = augment_preset(self.dataset.kind if data.augment == "auto" else data.augment)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -388,6 +399,19 @@ class Trainer:
                                 num_workers=self.config.data.num_workers):
                 correct += int((model(x).argmax(1) == y).sum())
         return correct / len(self.dataset.split("test"))
+
+    def _maybe_in_memory(self, split: Split | None) -> Split | None:
+        """An image-folder split decoded once into memory, when data.in_memory says so (null: if it fits)."""
+        data = self.config.data
+        if not isinstance(split, FileSplit) or data.in_memory is False:
+            return split
+        size = len(split) * self.preprocess.channels * self.preprocess.size[0] * self.preprocess.size[1]
+        if data.in_memory is None and size > data.memory_limit_gb * 2**30:
+            log.info("streaming %d images from disk (%.1f GiB prepared > data.memory_limit_gb)", len(split),
+                     size / 2**30)
+            return split
+        log.info("decoding %d images into memory (%.2f GiB)", len(split), size / 2**30)
+        return to_memory(split, self.preprocess, data.num_workers)
 
     def _class_weights(self) -> torch.Tensor:
         counts = torch.bincount(self.train_split.labels, minlength=len(self.dataset.classes)).float()
