@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import math
-import signal
 import sys
 from pathlib import Path
 
@@ -183,17 +182,16 @@ def _lr_find(args: argparse.Namespace) -> None:
     print(f"suggested lr: {suggestion:.2g} (--train.lr {suggestion:.2g}); plot: {args.plot}")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops training as cleanly as Ctrl-C
-
-
 def _train(args: argparse.Namespace) -> None:
     from imgclf.config import load_config
     from imgclf.training import train
 
-    signal.signal(signal.SIGTERM, _interrupt)
     overrides = _overrides(args)
     if args.resume is not None:
+        given = [flag for flag in ("config", "name", "out") if getattr(args, flag) is not None]
+        if given:
+            raise ImgclfError(f"--{', --'.join(given)} cannot be used with --resume: the run keeps its own "
+                              "config and folder.")
         saved = args.resume / "config.yaml"
         config = load_config(saved, overrides) if saved.is_file() else None
         run = train(config, resume=args.resume, progress=not args.quiet)

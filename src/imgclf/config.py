@@ -57,7 +57,7 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     monitor: str = "val_acc"  # val_acc or val_loss: picks the best epoch, early stopping, plateau
     early_stop: int | None = None  # stop after this many epochs without improvement
-    time: str | None = None  # wall-time budget such as 90s, 5m, 1h: ends cleanly, saving everything
+    time: str | None = None  # wall-time budget of this session, e.g. 90s, 5m, 1h: ends cleanly, resumable
     freeze_epochs: int = 0  # transfer learning: train only the head for this many epochs first
     backbone_lr: float = 0.1  # then train the body at lr x this factor (discriminative lr)
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
@@ -135,6 +135,11 @@ def _check(value: object, hint: object, key: str) -> object:
             return None
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if option is str and isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
         base = typing.get_origin(option) or option

@@ -272,3 +272,33 @@ def test_training_on_an_image_folder(tmp_path, capsys, in_memory):
     assert meta["preprocess"]["channels"] == 3
     assert main(["predict", str(tmp_path / "folder"), str(tmp_path / "photos" / "dark" / "3.png")]) == 0
     assert capsys.readouterr().out.split(": ")[1].startswith("dark")
+
+
+def test_a_fractional_last_epoch_resumes_into_the_same_epoch(tmp_path, mnist_dir):
+    overrides = {"train.schedule": "constant", "data.augment": "digits"}
+    straight = train(_config(tmp_path, mnist_dir, name="straight", **overrides), progress=False)
+    half = train(_config(tmp_path, mnist_dir, name="half", **overrides, **{"train.epochs": 0.5}), progress=False)
+    assert [row["epoch"] for row in half.history] == [0.5]
+    longer = load_config(half.path / "config.yaml", {"train.epochs": 1})
+    resumed = train(longer, resume=half.path, progress=False)
+    assert [row["epoch"] for row in resumed.history] == [0.5, 1]
+    assert resumed.history[-1]["train_loss"] == straight.history[-1]["train_loss"]  # the whole epoch's loss
+    a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_settings_are_checked_before_anything_is_written(tmp_path, mnist_dir):
+    for overrides, message in [({"train.batch_size": 0}, "train.batch_size must be at least 1"),
+                               ({"train.label_smoothing": 2}, r"train.label_smoothing must be in \[0, 1\)"),
+                               ({"train.epochs": float("nan")}, "train.epochs must be a positive number"),
+                               ({"train.time": "0s"}, "train.time must be a positive duration"),
+                               ({"data.val_fraction": 0.0, "train.schedule": "plateau"}, "watch the validation split")]:
+        with pytest.raises(ImgclfError, match=message):
+            train(_config(tmp_path, mnist_dir, **overrides), progress=False)
+    assert not (tmp_path / "runs").exists()
+    assert load_config(None, {"train.lr": "1e-3"}).train.lr == 0.001  # YAML reads 1e-3 as text
+
+
+def test_weight_averaging_warms_up_on_short_runs(tmp_path, mnist_dir):
+    run = train(_config(tmp_path, mnist_dir, **{"train.ema": 0.999}), progress=False)  # only 28 steps
+    assert run.history[-1]["val_acc"] > 0.8  # a plain 0.999 average would still be mostly the random init

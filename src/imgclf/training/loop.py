@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from imgclf.config import Config, load_config
@@ -36,7 +38,8 @@ from imgclf.rundir import atomic_write, save_model
 from imgclf.training.optim import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
-_RESUMABLE = {"epochs", "time", "early_stop", "device"}  # train settings a resumed run may change
+# settings a resumed run may change: where the data is and how it is read, and when to stop
+_RESUMABLE = {"data": {"data_dir", "num_workers"}, "train": {"epochs", "time", "early_stop", "device"}}
 
 
 class TrainingError(ImgclfError):
@@ -71,6 +74,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     else:
         folder.mkdir(parents=True)
         config.save(folder / "config.yaml")
+        trainer.checkpoint()  # step 0: the run can be resumed (or inspected) whatever happens next
     return trainer.fit(started, max_steps)
 
 
@@ -113,13 +117,14 @@ def _resume_config(folder: Path, given: Config | None) -> Config:
         return saved
     old, new = saved.to_dict(), given.to_dict()
     changed = [f"{section}.{key}" for section in ("data", "model", "train") for key in old[section]
-               if old[section][key] != new[section][key] and not (section == "train" and key in _RESUMABLE)]
+               if old[section][key] != new[section][key] and key not in _RESUMABLE.get(section, ())]
     if old["train"]["epochs"] != new["train"]["epochs"] and saved.train.schedule in ("onecycle", "cosine"):
         changed.append("train.epochs (the onecycle and cosine schedules are planned over the whole run)")
     if changed:
         raise TrainingError(f"cannot resume {folder} with a different {', '.join(changed)}; resuming must keep "
-                            f"the data, model and training settings (only train.{', train.'.join(sorted(_RESUMABLE))} "
-                            "may change). Start a new run instead.")
+                            "the data, model and training settings (only "
+                            + ", ".join(f"{s}.{k}" for s, keys in _RESUMABLE.items() for k in sorted(keys))
+                            + " may change). Start a new run instead.")
     return given
 
 
@@ -137,6 +142,41 @@ def _splits(dataset: Dataset, config: Config) -> tuple[Split, Split | None]:
     return train.take(parts["train"]), train.take(parts["val"])
 
 
+def _ema_with_warmup(decay: float):
+    """EMA update whose decay grows as min(decay, (1 + n) / (10 + n)) over the first steps, so that a
+    short run does not average in its random initialization."""
+    def update(average: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        return average * d + current * (1 - d)
+    return update
+
+
+def _check_settings(config: Config) -> None:
+    """Out-of-range values, each with one sentence, before anything is loaded or written."""
+    cfg, data = config.train, config.data
+    checks = [
+        (cfg.batch_size >= 1, f"train.batch_size must be at least 1, got {cfg.batch_size}"),
+        (math.isfinite(cfg.epochs) and cfg.epochs > 0, f"train.epochs must be a positive number, got {cfg.epochs}"),
+        (math.isfinite(cfg.lr) and cfg.lr >= 0, f"train.lr must be zero or positive, got {cfg.lr}"),
+        (0 <= cfg.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}"),
+        (cfg.step_epochs >= 1, f"train.step_epochs must be at least 1, got {cfg.step_epochs}"),
+        (cfg.ema is None or 0 < cfg.ema < 1, f"train.ema must be between 0 and 1, e.g. 0.999, got {cfg.ema}"),
+        (cfg.clip is None or cfg.clip > 0, f"train.clip must be positive, got {cfg.clip}"),
+        (cfg.freeze_epochs >= 0 and cfg.backbone_lr >= 0, "train.freeze_epochs and train.backbone_lr must be >= 0"),
+        (cfg.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16: {cfg.precision!r}"),
+        (cfg.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}"),
+        (cfg.monitor in ("val_acc", "val_loss"), f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}"),
+        (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
+        (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
+        (data.num_workers >= 0, f"data.num_workers must be 0 or more, got {data.num_workers}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ImgclfError(message + ".")
+    if cfg.time is not None and parse_duration(cfg.time) <= 0:
+        raise ImgclfError(f"train.time must be a positive duration such as 5m, got {cfg.time!r}.")
+
+
 class Trainer:
     """Everything one run needs, its resumable state, and the loop."""
 
@@ -144,18 +184,18 @@ class Trainer:
         self.config, self.folder, self.progress = config, folder, progress
         cfg, data = config.train, config.data
         torch.manual_seed(cfg.seed)
+        _check_settings(config)
         self.device = pick_device(cfg.device)
-        if cfg.precision not in ("fp32", "bf16", "fp16") or (cfg.precision == "fp16" and self.device.type != "cuda"):
-            raise ImgclfError(f"precision {cfg.precision!r} is not supported on {self.device.type}; "
-                              "use fp32 or bf16 (fp16 needs CUDA).")
-        if cfg.nonfinite not in ("stop", "skip"):
-            raise ImgclfError(f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}.")
-        if cfg.monitor not in ("val_acc", "val_loss"):
-            raise ImgclfError(f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}.")
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ImgclfError(f"precision fp16 is not supported on {self.device.type}; use fp32 or bf16 "
+                              "(fp16 needs CUDA).")
         self.budget = parse_duration(cfg.time) if cfg.time else None
         self.dataset = load_dataset(data.dataset, data.data_dir, fractions=None, seed=data.split_seed,
                                     strict=data.strict)
         self.train_split, self.val_split = _splits(self.dataset, config)
+        if self.val_split is None and (cfg.schedule == "plateau" or cfg.early_stop):
+            raise ImgclfError("the plateau schedule and early stopping watch the validation split; set "
+                              "data.val_fraction above 0 (e.g. 0.1).")
         data_pre = default_preprocess(self.dataset)
         self.model = create_model(config.model.name, len(self.dataset.classes), data.channels or data_pre.channels,
                                   data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
@@ -166,8 +206,7 @@ class Trainer:
         self.augment = augment_preset(self.dataset.kind if data.augment == "auto" else data.augment)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) \
-            if cfg.ema else None
+        self.ema = AveragedModel(self.model, avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True) if cfg.ema else None
         self.steps_per_epoch = len(self.train_split) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ImgclfError(f"batch size {cfg.batch_size} is larger than the {len(self.train_split)} training "
@@ -192,13 +231,14 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "skipped": self.skipped, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed_now(),
                 "aug_rng": self.aug_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "partial": dict(self.partial), "history": self.history, "best": self.best}
 
     def restore(self) -> None:
         """Load state.pt (weights_only: plain tensors and numbers) and carry on from it."""
         path = self.folder / "state.pt"
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
         except Exception as err:  # a truncated or damaged file: say so, never start over silently
             raise TrainingError(f"{path} is damaged and cannot be resumed ({str(err).splitlines()[0]}). The "
                                 f"best model so far is still in {self.folder / 'model.safetensors'}; start a new "
@@ -213,15 +253,18 @@ class Trainer:
             setattr(self, key, state[key])
         self.aug_rng.set_state(state["aug_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resuming %s at epoch %d, step %d", self.folder, self.epoch + 1, self.step)
 
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> None:
         atomic_write(self.folder / "state.pt", lambda tmp: torch.save(self.state_dict(), tmp))
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, started: float, max_steps: int | None) -> Run:
         cfg = self.config.train
         self.session_start, steps_at_start, stop = time.monotonic(), self.step, ""
+        previous = self._catch_signals()
         try:
             while self.step < self.total_steps and not stop:
                 # transfer learning: only the head for the first freeze_epochs, then the configured freeze
@@ -232,12 +275,29 @@ class Trainer:
                 stop = self._train_epoch(order[self.batch * cfg.batch_size:], steps_at_start, max_steps)
                 if not stop or self.batch == self.steps_per_epoch:
                     stop = self._end_epoch() or stop
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the step loop
             stop = "interrupted"
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if stop and self.batch:
             self._stop_mid_epoch(stop)
         self.elapsed, self.session_start = self.elapsed_now(), time.monotonic()
         return self._finish(stop, started)
+
+    def _catch_signals(self) -> dict:
+        """Ctrl-C and SIGTERM end the run after the current step (a second one stops at once)."""
+        self.interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handle(signum: int, frame: object) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            log.warning("stopping after this step, keeping a checkpoint (signal again to stop at once)")
+
+        return {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def elapsed_now(self) -> float:
         return self.elapsed + time.monotonic() - self.session_start
@@ -259,7 +319,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.partial['loss'] / max(1, self.partial['count']):.4f}", refresh=False)
                 if self.step >= self.total_steps:
                     break
-                if self.budget and self.elapsed_now() >= self.budget:
+                if self.interrupted:
+                    return "interrupted"
+                if self.budget and time.monotonic() - self.session_start >= self.budget:
                     return "time budget"
                 if max_steps is not None and self.step - steps_at_start >= max_steps:
                     return "max steps"
@@ -313,21 +375,24 @@ class Trainer:
     def _end_epoch(self) -> str:
         """Validate, log a row, keep the best weights, checkpoint; returns a reason to stop, if any."""
         cfg = self.config.train
-        row = {"epoch": self.epoch + 1, "step": self.step,
+        complete = self.batch == self.steps_per_epoch  # else the run's last, fractional epoch
+        row = {"epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / self.steps_per_epoch, 4),
+               "step": self.step,
                "train_loss": self.partial["loss"] / max(1, self.partial["count"]),
                "train_acc": self.partial["correct"] / max(1, self.partial["count"]),
                **self.validate(), "lr": self.optimizer.param_groups[-1]["lr"],
                "seconds": round(self.elapsed_now(), 2)}
         self.history.append(row)
-        self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
+        if complete:  # a fractional epoch keeps its place, so a longer resumed run finishes that same epoch
+            self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
         if not self.per_step:
             self.schedule.step(row.get(cfg.monitor, row["train_loss"]))
         improved = self._keep_if_best(row)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         self._write_metrics()
-        self._checkpoint()
+        self.checkpoint()
         values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "seconds"))
-        log.info("epoch %d: %s  (%.1fs)", row["epoch"], values, row["seconds"])
+        log.info("epoch %g: %s  (%.1fs)", row["epoch"], values, row["seconds"])
         if cfg.early_stop and self.bad_epochs >= cfg.early_stop:
             return "early stopping"
         return ""
@@ -373,7 +438,7 @@ class Trainer:
         if self.partial["count"]:
             row = {"epoch": self.epoch + self.batch / self.steps_per_epoch, "step": self.step, **self.validate()}
             self._keep_if_best(row)
-        self._checkpoint()
+        self.checkpoint()
         log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
                     reason, self.epoch + self.batch / self.steps_per_epoch, self.step, self.folder)
 

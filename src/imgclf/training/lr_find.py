@@ -23,7 +23,8 @@ def lr_find(config: Config, steps: int = 100, start: float = 1e-6, end: float = 
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(config, Path(scratch), progress)
     model, optimizer = trainer.model.train(), trainer.optimizer
-    ratios = [group["lr"] / config.train.lr for group in optimizer.param_groups]  # keeps backbone_lr
+    # keep backbone_lr; "initial_lr" is each group's rate before the schedule (e.g. one-cycle's warm-up) lowered it
+    ratios = [group.get("initial_lr", group["lr"]) / config.train.lr for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(config.train.seed)
     order = torch.randperm(len(trainer.train_split), generator=generator).repeat(
         math.ceil(steps * config.train.batch_size / len(trainer.train_split)))
