@@ -1,4 +1,5 @@
 import functools
+import hashlib
 import http.server
 import io
 import tarfile
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 
 from imgclf.data import load_dataset
-from imgclf.data.download import md5sum
 from imgclf.data.named import DATASETS, DatasetSpec, read_cifar_binary, read_idx_splits, resolve_files
 from imgclf.errors import DataError
 
@@ -34,7 +34,8 @@ def _spec(mnist_dir: Path, mirror_root: Path, url: str, corrupt: str | None = No
     files = {}
     for role, (name, _) in DATASETS["mnist"].files.items():
         (mirror_root / name).write_bytes((mnist_dir / name).read_bytes())
-        files[role] = (name, "0" * 32 if name == corrupt else md5sum(mnist_dir / name))
+        md5 = hashlib.md5((mnist_dir / name).read_bytes()).hexdigest()
+        files[role] = (name, "0" * 32 if name == corrupt else md5)
     return DatasetSpec("mnist", DATASETS["mnist"].classes, "digits", files, (url,), read_idx_splits)
 
 

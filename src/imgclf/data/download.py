@@ -18,17 +18,9 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def md5sum(path: Path) -> str:
-    """MD5 of a file: the checksum the dataset mirrors publish (integrity, not security)."""
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
-    """Fetch `url` to `dest` through a temp file, verify its MD5, fsync, then rename into place."""
+    """Fetch `url` to `dest` through a temp file, verify its MD5 (the checksum the mirrors publish:
+    integrity, not security), fsync, then rename into place."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
