@@ -18,7 +18,7 @@ demo: setup
 	$(BIN)/imgclf train --config configs/mnist-fast.yaml
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 test: lint
 	# pytest exits 5 when it collects no tests; that is not a failure of the build
