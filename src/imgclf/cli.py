@@ -133,7 +133,15 @@ def _option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as layers=10, got {text!r}")
-    return key, yaml.safe_load(value)
+    return key, _yaml_value(value)
+
+
+def _yaml_value(text: str) -> object:
+    """A command-line value read as YAML (10 -> int, true -> bool, {a: 1} -> dict), else kept as text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 _SHORTCUTS = {"dataset": "data.dataset", "model": "model.name", "data_dir": "data.data_dir",
@@ -151,10 +159,7 @@ def _dotted(tokens: list[str]) -> dict[str, object]:
             if i + 1 >= len(tokens):
                 raise ImgclfError(f"{key} needs a value, e.g. {key} 0.01.")
             value, i = tokens[i + 1], i + 1
-        try:
-            overrides[key[2:]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            overrides[key[2:]] = value
+        overrides[key[2:]] = _yaml_value(value)
         i += 1
     return overrides
 

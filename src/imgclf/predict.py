@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgclf.data.transforms import image_to_tensor
+from imgclf.data.transforms import UNREADABLE, image_to_tensor
 from imgclf.errors import ImgclfError
 from imgclf.rundir import load_model, preprocess_of
 
@@ -21,7 +21,7 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3) -> list[list
         try:
             with Image.open(path) as image:
                 images.append(preprocess(image_to_tensor(image).unsqueeze(0)))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except UNREADABLE as err:
             raise ImgclfError(f"cannot read image {path}: {err}.") from err
     with torch.no_grad():
         probs = torch.softmax(model(torch.cat(images)).float(), dim=1)  # softmax at inference

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgclf.data.transforms import GRAY_MODES, convert_channels, image_to_tensor
+from imgclf.data.transforms import GRAY_MODES, UNREADABLE, convert_channels, image_to_tensor
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class FileSplit:
         try:
             with Image.open(self.paths[i]) as image:
                 return image_to_tensor(image), int(self.labels[i])
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except UNREADABLE as err:
             raise DataError(f"cannot read image {self.paths[i]}: {err}. Remove or replace the file.") from err
 
     def take(self, indices) -> FileSplit:

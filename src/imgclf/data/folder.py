@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from imgclf.data.core import Dataset, FileSplit
 from imgclf.data.splits import stratified_split
+from imgclf.data.transforms import UNREADABLE
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _readable(path: Path, bad: list[str], decode: bool) -> bool:
         with Image.open(path) as image:
             image.load() if decode else image.verify()
         return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         bad.append(f"{path.name} (unreadable: {err})")
         return False
 

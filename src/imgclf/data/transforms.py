@@ -18,6 +18,8 @@ from PIL import Image, ImageOps
 
 from imgclf.errors import DataError
 
+# what PIL raises for a file that is not a readable image (or is a decompression bomb)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 

@@ -401,17 +401,21 @@ class Trainer:
         """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
         if self.val_split is None:
             return {}
-        model = self.ema.module if self.ema else self.model
+        loss, accuracy = self._evaluate(self.ema.module if self.ema else self.model, self.val_split)
+        self.model.train()
+        return {"val_loss": loss, "val_acc": accuracy}
+
+    def _evaluate(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of `model` (put in eval mode) on `split`."""
         model.eval()
         total, correct = 0.0, 0
         with torch.no_grad():
-            for x, y in batches(self.val_split, self.preprocess, 1024, device=self.device,
+            for x, y in batches(split, self.preprocess, 1024, device=self.device,
                                 num_workers=self.config.data.num_workers):
                 logits = model(x).float()
                 total += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += int((logits.argmax(1) == y).sum())
-        self.model.train()
-        return {"val_loss": total / len(self.val_split), "val_acc": correct / len(self.val_split)}
+        return total / len(split), correct / len(split)
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
@@ -457,13 +461,7 @@ class Trainer:
         from imgclf.rundir import load_model
 
         model, _ = load_model(self.folder)
-        model.to(self.device)
-        correct = 0
-        with torch.no_grad():
-            for x, y in batches(self.dataset.split("test"), self.preprocess, 1024, device=self.device,
-                                num_workers=self.config.data.num_workers):
-                correct += int((model(x).argmax(1) == y).sum())
-        return correct / len(self.dataset.split("test"))
+        return self._evaluate(model.to(self.device), self.dataset.split("test"))[1]
 
     def _maybe_in_memory(self, split: Split | None) -> Split | None:
         """An image-folder split decoded once into memory, when data.in_memory says so (null: if it fits)."""
