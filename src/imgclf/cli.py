@@ -108,6 +108,43 @@ def _parser() -> argparse.ArgumentParser:
     finder.add_argument("--plot", type=Path, default=Path("lr_find.png"), help="plot to write (default lr_find.png)")
     finder.set_defaults(run=_lr_find, overrides=True)
 
+    scoring = argparse.ArgumentParser(add_help=False, parents=[logs])  # evaluate and compare take these
+    which = scoring.add_mutually_exclusive_group()
+    which.add_argument("--dataset", dest="source", metavar="NAME",
+                       help="score on this dataset (default: the run's own)")
+    which.add_argument("--data", dest="source", metavar="folder:PATH", help="score on a folder of images")
+    scoring.add_argument("--data-dir", help="folder with the dataset's files (default: the run's, then as for train)")
+    scoring.add_argument("--split", default="test", help="split to score (default test; val is the run's validation)")
+    scoring.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
+    scoring.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    scoring.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    scoring.add_argument("--latency-runs", type=_positive, default=100,
+                         help="timed single-image passes for the latency percentiles (default 100)")
+    evaluate = commands.add_parser("evaluate", parents=[scoring], help="metrics, plots and an HTML report of a run")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    evaluate.add_argument("--calibrate", action="store_true",
+                          help="fit temperature scaling on the run's validation split and save it with the model")
+    evaluate.add_argument("--out", type=Path, help="folder for report.json and report.html (default: the run)")
+    evaluate.set_defaults(run=_evaluate)
+    compare = commands.add_parser("compare", parents=[scoring],
+                                  help="leaderboard of runs on the same test images, with significance tests")
+    compare.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="two or more run directories")
+    compare.add_argument("--out", type=Path, help="folder for compare.json and compare.html "
+                                                  "(default: the folder holding the first run)")
+    compare.set_defaults(run=_compare)
+
+    cv = commands.add_parser(
+        "cv", parents=[logs], help="k-fold cross-validation and/or several seeds of a training config",
+        description="Train a config once per fold (stratified, on the training data) and seed; report each run "
+                    "and the mean and standard deviation. Takes the same options as train.")
+    cv.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+    for flag in ("dataset", "model", "data-dir", "epochs", "time", "device", "name", "out"):
+        cv.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
+                        help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    cv.add_argument("--folds", type=_positive, default=5, help="stratified folds (default 5; 1: the usual split)")
+    cv.add_argument("--seeds", type=_positive, default=1, help="seeds per fold (default 1)")
+    cv.set_defaults(run=_cv, overrides=True)
+
     predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
@@ -216,6 +253,69 @@ def _train(args: argparse.Namespace) -> None:
         print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
     if summary["stopped"] == "interrupted":
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from imgclf.evaluate.evaluation import evaluate_run
+
+    r, html = evaluate_run(args.run_dir, source=args.source, data_dir=args.data_dir, split=args.split,
+                           calibrate=args.calibrate, resamples=args.resamples, seed=args.seed, device=args.device,
+                           latency_runs=args.latency_runs, out=args.out, progress=not args.quiet)
+    ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
+    topk = next(k for k in r if k.startswith("top") and k.endswith("_accuracy"))
+    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['samples']:,} images)")
+    print(f"accuracy   {r['accuracy']:.4f}  [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}] 95% bootstrap CI")
+    print(f"macro F1   {r['macro']['f1']:.4f}  [{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]")
+    print(f"{topk.replace('_accuracy', '')} {r[topk]:.4f}   log loss {r['log_loss']:.4f}   ROC AUC macro "
+          + ("n/a" if r["macro_auc"] is None else f"{r['macro_auc']:.4f}"))
+    print(f"ECE        {temp['ece_uncalibrated']:.4f} uncalibrated, {r['calibration']['ece']:.4f} at temperature "
+          f"{temp['value']:.3f}" + (" (fitted now, saved into model.json)" if args.calibrate else ""))
+    print(f"worst class {fair['worst_class']} at {fair['worst_accuracy']:.4f} (gap to best {fair['gap']:.4f}); "
+          "most confused: " + (", ".join(f"{p['true']}->{p['predicted']} ({p['count']})"
+                                        for p in r["most_confused"][:3]) or "none"))
+    lat = eff["latency_ms"]
+    print(f"latency at batch 1 p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; "
+          f"{eff['throughput']['images_per_second']:,.0f} images/s at batch {eff['throughput']['batch']} "
+          f"({eff['device']}, {eff['threads']} threads)")
+    print(f"params {eff['params']:,}, FLOPs {eff['flops'] / 1e6:,.2f} M per image")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    print(f"report: {html} (numbers in {html.with_suffix('.json')})")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from imgclf.evaluate.compare import compare_runs
+
+    result, html = compare_runs(args.runs, source=args.source, data_dir=args.data_dir, split=args.split,
+                                resamples=args.resamples, seed=args.seed, device=args.device,
+                                latency_runs=args.latency_runs, out=args.out, progress=not args.quiet)
+    board = result["leaderboard"]
+    width = max(len("run"), *(len(e["name"]) for e in board))
+    print(f"{result['dataset']} {result['split']}, {result['samples']:,} images, 95% bootstrap CIs")
+    print(f"{'run':<{width}}  {'accuracy [95% CI]':<26}{'macro F1':>9}{'params':>12}{'p50 ms':>9}  McNemar p vs best")
+    for e in board:
+        low, high = e["ci"]["accuracy"]
+        versus = "best" if e["vs_best"] is None else f"{e['vs_best']['p_value']:.3g}"
+        print(f"{e['name']:<{width}}  {e['accuracy']:.4f} [{low:.4f}, {high:.4f}]  {e['macro_f1']:>9.4f}"
+              f"{e['params']:>12,}{e['latency_ms']['p50']:>9.2f}  {versus}")
+    for p in result["published"]:
+        print(f"published: {p['model']} {p['accuracy']:.4f} ({p['source'].split(',')[0]} et al.)")
+    print(f"report: {html} (numbers in {html.with_suffix('.json')})")
+
+
+def _cv(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+    from imgclf.cv import cross_validate
+
+    result, path = cross_validate(load_config(args.config, _overrides(args)), args.folds, args.seeds,
+                                  progress=not args.quiet)
+    shown = [m for m in ("val_acc", "val_loss", "test_acc") if m in result["summary"]]
+    print(f"{'fold':>4} {'seed':>4}  " + "".join(f"{m:>10}" for m in shown) + "  run")
+    for r in result["runs"]:
+        print(f"{r['fold']:>4} {r['seed']:>4}  " + "".join(f"{r[m]:>10.4f}" for m in shown) + f"  {r['run']}")
+    print("mean +/- std (sample): " + ", ".join(
+        f"{m} {result['summary'][m]['mean']:.4f} +/- {result['summary'][m]['std']:.4f}" for m in shown))
+    print(f"results: {path}")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -20,6 +20,8 @@ class DataConfig:
     data_dir: str | None = None  # where the dataset's files are (default: $IMGCLF_DATA_DIR, cache, download)
     val_fraction: float = 0.1  # validation split carved from the training data, stratified
     split_seed: int = 0
+    folds: int | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
+    fold: int = 0
     subset: int | None = None  # train on the first N training images only (quick runs)
     augment: str = "auto"  # none, digits, photos, or auto (digits for digit datasets, photos otherwise)
     image_size: int | None = None  # default: the model's own input size

@@ -24,7 +24,8 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3) -> list[list
         except UNREADABLE as err:
             raise ImgclfError(f"cannot read image {path}: {err}.") from err
     with torch.no_grad():
-        probs = torch.softmax(model(torch.cat(images)).float(), dim=1)  # softmax at inference
+        # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
+        probs = torch.softmax(model(torch.cat(images)).float() / meta.get("temperature", 1.0), dim=1)
     values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
     classes = meta["classes"]
     return [[(classes[i], float(v)) for v, i in zip(vs, ix, strict=True)]

@@ -89,6 +89,14 @@ def load_model(path: str | Path) -> tuple[Classifier, dict]:
     return model.eval(), meta
 
 
+def update_meta(folder: Path, **changes) -> dict:
+    """Add or replace keys of model.json (atomically); the weights and their checksum stay as they are."""
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(changes)
+    atomic_write(folder / "model.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    return meta
+
+
 def preprocess_of(meta: dict) -> Preprocess:
     """The preprocessing saved with a model."""
     return Preprocess.from_dict(meta["preprocess"])

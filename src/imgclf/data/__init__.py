@@ -9,13 +9,13 @@ from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit, channel_sta
 from imgclf.data.folder import load_folder
 from imgclf.data.loader import batches, to_memory
 from imgclf.data.named import NAMES, load_named
-from imgclf.data.splits import kfold, stratified_split
+from imgclf.data.splits import kfold, stratified_split, train_val
 from imgclf.data.transforms import AUGMENT_PRESETS, Augment, Preprocess, augment_preset, image_to_tensor
 from imgclf.errors import DataError
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
            "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
-           "kfold", "load_dataset", "stratified_split", "to_memory"]
+           "kfold", "load_dataset", "stratified_split", "to_memory", "train_val"]
 
 
 def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from imgclf.data.core import Dataset, Split
 from imgclf.errors import DataError
 
 
@@ -42,3 +43,23 @@ def kfold(labels: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, n
 
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(folds.split(np.zeros(len(labels)), labels))
+
+
+def train_val(dataset: Dataset, subset: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+              folds: int | None = None, fold: int = 0) -> tuple[Split, Split | None]:
+    """The (train, validation) pair a run trains on: the first `subset` training images, then the dataset's
+    own val split, else fold `fold` of `folds` stratified folds, else a stratified `val_fraction` (or none)."""
+    train = dataset.split("train")
+    if subset:
+        train = train.take(np.arange(min(subset, len(train))))
+    if folds:
+        if not 0 <= fold < folds:
+            raise DataError(f"data.fold must be in 0..{folds - 1} for {folds} folds, got {fold}.")
+        rest, held_out = kfold(train.labels.numpy(), folds, seed)[fold]
+        return train.take(rest), train.take(held_out)
+    if "val" in dataset.splits:
+        return train, dataset.split("val")
+    if not val_fraction:
+        return train, None
+    parts = stratified_split(train.labels.numpy(), {"train": 1 - val_fraction, "val": val_fraction}, seed)
+    return train.take(parts["train"]), train.take(parts["val"])

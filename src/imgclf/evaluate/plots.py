@@ -1,13 +1,25 @@
-"""Figures. The only module that imports matplotlib (headless: the Agg backend)."""
+"""Figures. The only module that imports matplotlib (headless: the Agg backend).
+
+Report figures come back as PNG bytes, for embedding in a standalone HTML page."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def lr_find_plot(lrs: list[float], losses: list[float], suggestion: float, path: Path) -> Path:
@@ -18,6 +30,102 @@ def lr_find_plot(lrs: list[float], losses: list[float], suggestion: float, path:
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="learning-rate range test")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path)  # the format follows the file name
     plt.close(fig)
     return path
+
+
+def training_curves(history: list[dict]) -> bytes:
+    """Loss and accuracy per epoch, training and validation, from metrics.csv rows."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    epochs = [float(r["epoch"]) for r in history]
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for split in ("train", "val"):
+            values = [r.get(f"{split}_{metric}") for r in history]
+            if any(v not in (None, "") for v in values):
+                ax.plot(epochs, [float(v) for v in values], marker="o", label=split)
+        ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "cross-entropy loss", title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _png(fig)
+
+
+def confusion_plot(matrix: list[list[float]], classes: list[str], title: str, fmt: str) -> bytes:
+    """A confusion matrix as a heat map, rows = true class, numbers written in the cells (up to 20 classes)."""
+    cm = np.asarray(matrix, dtype=float)
+    size = min(12, 3 + 0.5 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=100)
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true",
+           title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45 if max(map(len, classes)) > 3 else 0, ha="right")
+    if len(classes) <= 20:
+        for (i, j), value in np.ndenumerate(cm):
+            ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
+                    color="white" if value > cm.max() / 2 else "black")
+    return _png(fig)
+
+
+def curves_plot(curves: list, classes: list[str], kind: str, areas: list[float | None],
+                micro: tuple | None = None) -> bytes:
+    """One-vs-rest ROC curves (kind 'roc': x = FPR, y = TPR) or precision-recall curves (kind 'pr')."""
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    for name, curve, area in zip(classes, curves, areas, strict=True):
+        if curve is not None:
+            x, y = curve if kind == "roc" else (curve[1], curve[0])  # PR: plot precision over recall
+            ax.plot(x, y, linewidth=1, label=f"{name} ({area:.4f})")
+    if micro is not None:
+        ax.plot(*micro, color="black", linestyle="--", linewidth=1.5, label="micro average")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest (AUC)")
+    else:
+        ax.set(xlabel="recall", ylabel="precision", title="precision-recall (average precision)")
+    ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left", ncol=2 if len(classes) > 10 else 1)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def reliability_plot(bins: dict, ece: float, bins_after: dict | None = None, ece_after: float | None = None) -> bytes:
+    """Accuracy against confidence per bin (a reliability diagram), before and after temperature scaling."""
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=100)
+    n = len(bins["count"])
+    centers = (np.arange(n) + 0.5) / n
+    for data, value, label, offset in ((bins, ece, "model", 0.0), (bins_after, ece_after, "calibrated", 0.3)):
+        if data is not None:
+            filled = np.asarray(data["count"]) > 0
+            ax.bar(centers[filled] + offset / n - 0.15 / n, np.asarray(data["accuracy"])[filled], width=0.6 / n,
+                   alpha=0.7, label=f"{label} (ECE {value:.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+           title=f"reliability diagram, {n} bins")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def gallery(images: list[np.ndarray], titles: list[str], columns: int = 8) -> bytes:
+    """A grid of uint8 (C, H, W) images with a title each (e.g. true and predicted labels)."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        picture = image.transpose(1, 2, 0)
+        ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+    return _png(fig)
+
+
+def accuracy_latency_plot(leaderboard: list[dict]) -> bytes:
+    """Each model's accuracy (with its confidence interval) against its median latency at batch 1."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for e in leaderboard:
+        (low, high), latency = e["ci"]["accuracy"], e["latency_ms"]["p50"]
+        ax.errorbar(latency, e["accuracy"], yerr=[[e["accuracy"] - low], [high - e["accuracy"]]], fmt="o", capsize=3)
+        ax.annotate(e["name"], (latency, e["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(xscale="log", xlabel="latency at batch 1, median (ms, log scale)", ylabel="accuracy",
+           title="accuracy vs latency (95% CI)")
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
@@ -22,16 +21,16 @@ from tqdm import tqdm
 
 from imgclf.config import Config, load_config
 from imgclf.data import (
-    Dataset,
     FileSplit,
     Split,
     augment_preset,
     batches,
     default_preprocess,
     load_dataset,
-    stratified_split,
     to_memory,
+    train_val,
 )
+from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import atomic_write, save_model
@@ -86,18 +85,6 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; a named device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(name.split(":")[0], False):
-        raise ImgclfError(f"device {name!r} is not available here; use auto or cpu.")
-    return torch.device(name)
-
-
 def _new_folder(config: Config) -> Path:
     name = config.name or (f"{config.model.name}-{config.data.dataset.replace('folder:', '').strip('/').split('/')[-1]}"
                            f"-{datetime.now():%Y%m%d-%H%M%S}")
@@ -128,20 +115,6 @@ def _resume_config(folder: Path, given: Config | None) -> Config:
     return given
 
 
-def _splits(dataset: Dataset, config: Config) -> tuple[Split, Split | None]:
-    """(train, validation): the dataset's own val split, or a stratified, seeded part of train."""
-    train = dataset.split("train")
-    if config.data.subset:
-        train = train.take(np.arange(min(config.data.subset, len(train))))
-    if "val" in dataset.splits:
-        return train, dataset.split("val")
-    if not config.data.val_fraction:
-        return train, None
-    parts = stratified_split(train.labels.numpy(), {"train": 1 - config.data.val_fraction,
-                                                    "val": config.data.val_fraction}, config.data.split_seed)
-    return train.take(parts["train"]), train.take(parts["val"])
-
-
 def _ema_with_warmup(decay: float):
     """EMA update whose decay grows as min(decay, (1 + n) / (10 + n)) over the first steps, so that a
     short run does not average in its random initialization."""
@@ -169,6 +142,8 @@ def _check_settings(config: Config) -> None:
         (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
         (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
         (data.num_workers >= 0, f"data.num_workers must be 0 or more, got {data.num_workers}"),
+        (data.folds is None or 0 <= data.fold < data.folds >= 2,
+         f"data.folds must be at least 2 and data.fold in 0..folds-1, got folds {data.folds}, fold {data.fold}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -192,7 +167,8 @@ class Trainer:
         self.budget = parse_duration(cfg.time) if cfg.time else None
         self.dataset = load_dataset(data.dataset, data.data_dir, fractions=None, seed=data.split_seed,
                                     strict=data.strict)
-        self.train_split, self.val_split = _splits(self.dataset, config)
+        self.train_split, self.val_split = train_val(self.dataset, data.subset, data.val_fraction, data.split_seed,
+                                                     data.folds, data.fold)
         if self.val_split is None and (cfg.schedule == "plateau" or cfg.early_stop):
             raise ImgclfError("the plateau schedule and early stopping watch the validation split; set "
                               "data.val_fraction above 0 (e.g. 0.1).")

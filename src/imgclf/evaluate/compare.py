@@ -1,0 +1,103 @@
+"""`imgclf compare`: several runs on the same test images -> a leaderboard with confidence intervals and
+McNemar's exact test of each model against the best, next to published figures for the dataset."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.device import pick_device
+from imgclf.errors import ImgclfError
+from imgclf.evaluate import metrics, plots
+from imgclf.evaluate.evaluation import efficiency, eval_data, predict_logits, training_record
+from imgclf.evaluate.report import figure, interval, page, table
+from imgclf.evaluate.stats import accuracy_and_f1_ci, mcnemar
+from imgclf.rundir import atomic_write, load_model, preprocess_of
+
+# Published test accuracies, for context only: other training setups, not runs of this tool.
+PUBLISHED = {
+    "mnist": [
+        {"model": "LeNet-5", "accuracy": 0.9905,
+         "source": "LeCun, Bottou, Bengio, Haffner (1998), Gradient-based learning applied to document "
+                   "recognition, Proc. IEEE 86(11): 0.95% test error"},
+        {"model": "CNN with elastic distortions", "accuracy": 0.996,
+         "source": "Simard, Steinkraus, Platt (2003), Best practices for convolutional neural networks applied to "
+                   "visual document analysis, ICDAR: 0.4% test error"},
+        {"model": "committee of 35 CNNs (MCDNN)", "accuracy": 0.9977,
+         "source": "Ciresan, Meier, Schmidhuber (2012), Multi-column deep neural networks for image "
+                   "classification, CVPR: 0.23% test error"},
+    ],
+}
+
+
+def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir: str | Path | None = None,
+                 split: str = "test", resamples: int = 1000, seed: int = 0, device: str = "auto",
+                 latency_runs: int = 100, out: str | Path | None = None, progress: bool = False
+                 ) -> tuple[dict, Path]:
+    """Evaluate every run on the same split; writes compare.json and compare.html into `out` (default: the
+    folder holding the first run) and returns the comparison and the HTML path."""
+    if len(runs) < 2:
+        raise ImgclfError("compare needs at least two run directories.")
+    target = pick_device(device)
+    entries, outcomes, first = [], [], None
+    for run in runs:
+        model, meta = load_model(run)
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        data = eval_data(folder, meta, source, data_dir, split)
+        first = first or (data, meta["classes"])
+        if meta["classes"] != first[1] or not np.array_equal(data.targets, first[0].targets):
+            raise ImgclfError(f"{folder} does not share the classes and {split} images of {runs[0]}; compare runs "
+                              "trained on the same dataset, or pass --dataset/--data to score all on one set.")
+        pre = preprocess_of(meta)
+        probs = metrics.softmax(predict_logits(model, data.split, pre, target, progress=progress),
+                                meta.get("temperature", 1.0))
+        predicted = probs.argmax(axis=1)
+        outcomes.append(predicted == data.targets)
+        cm = metrics.confusion(data.targets, predicted, len(meta["classes"]))
+        speed = efficiency(model, meta, folder, pre(data.split[0][0].unsqueeze(0)), target, latency_runs)
+        entries.append({
+            "name": folder.name, "run": str(folder), "model": meta["architecture"]["name"],
+            "accuracy": float(outcomes[-1].mean()), "macro_f1": float(metrics.per_class(cm)["f1"].mean()),
+            "ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]), resamples, seed),
+            "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
+            "flops": speed["flops"], "latency_ms": speed["latency_ms"], "throughput": speed["throughput"],
+            "train_seconds": training_record(folder)["summary"].get("train_seconds")})
+    best = int(np.argmax([e["accuracy"] for e in entries]))
+    for entry, correct in zip(entries, outcomes, strict=True):
+        entry["vs_best"] = None if entry is entries[best] else mcnemar(outcomes[best], correct)
+    order = sorted(range(len(entries)), key=lambda i: -entries[i]["accuracy"])
+    data = first[0]
+    result = {"dataset": data.dataset.name, "split": split, "samples": len(data.targets),
+              "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
+              "leaderboard": [entries[i] for i in order], "published": PUBLISHED.get(data.dataset.name, []),
+              "settings": {"resamples": resamples, "seed": seed, "level": 0.95, "device": str(target)}}
+    out = Path(out) if out else Path(entries[0]["run"]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "compare.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(out / "compare.html", lambda tmp: tmp.write_text(render_comparison(result)))
+    return result, out / "compare.html"
+
+
+def render_comparison(result: dict) -> str:
+    """The comparison as one HTML document: leaderboard, significance, the accuracy-latency plot, references."""
+    board = result["leaderboard"]
+    rows = [[e["name"], e["model"], interval(e["accuracy"], e["ci"]["accuracy"]),
+             interval(e["macro_f1"], e["ci"]["macro_f1"]), e["ece"], f"{e['params']:,}", f"{e['flops']:,}",
+             f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f}",
+             "best" if e["vs_best"] is None else f"{e['vs_best']['p_value']:.3g} "
+             f"({e['vs_best']['a_only']} vs {e['vs_best']['b_only']})"] for e in board]
+    leaderboard = table(["run", "model", "accuracy [95% CI]", "macro F1 [95% CI]", "ECE", "params", "FLOPs",
+                         "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"], rows)
+    plot = plots.accuracy_latency_plot(board)
+    published = table(["model (published, not run here)", "test accuracy", "source"],
+                      [[p["model"], p["accuracy"], p["source"]] for p in result["published"]])
+    return page(f"comparison on {result['dataset']} ({result['split']}, {result['samples']:,} images)", [
+        ("Leaderboard", "<p class='note'>The same images for every model. McNemar's exact test is paired: a small "
+                        "p-value means the two models' error rates differ beyond chance on these images.</p>"
+                        + leaderboard),
+        ("Accuracy vs latency", figure(plot, "accuracy against latency")),
+        ("Published figures", published if result["published"] else ""),
+    ])

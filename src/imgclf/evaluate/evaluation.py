@@ -1,0 +1,249 @@
+"""`imgclf evaluate`: a trained model on a labelled split -> every metric with its uncertainty, calibration,
+efficiency and training history, written as report.json and a standalone report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imgclf.config import Config, load_config
+from imgclf.data import Dataset, Preprocess, Split, TensorSplit, batches, load_dataset, train_val
+from imgclf.device import pick_device
+from imgclf.errors import ImgclfError
+from imgclf.evaluate import metrics, plots
+from imgclf.evaluate.report import render_report
+from imgclf.evaluate.stats import accuracy_and_f1_ci
+from imgclf.models import Classifier, summarize
+from imgclf.rundir import atomic_write, load_model, preprocess_of, update_meta
+
+log = logging.getLogger(__name__)
+GALLERY = 24  # misclassified images shown, highest loss first
+
+
+@dataclass
+class EvalData:
+    """A labelled split to evaluate on, its labels mapped to the model's class order."""
+
+    dataset: Dataset
+    split_name: str
+    split: Split
+    targets: np.ndarray  # (N,) indices into the model's classes
+
+
+def run_config(folder: Path) -> Config | None:
+    """The config a run was trained with, if its folder has one."""
+    return load_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+
+
+def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str | Path | None = None,
+              split: str = "test") -> EvalData:
+    """The split to evaluate on: by default the run's own dataset (and data folder), split as in training;
+    a folder of <class>/ images that the run was not trained on is evaluated whole, as its 'test' split.
+
+    'val' is the run's validation split even when it was carved from the training data."""
+    config = run_config(folder)
+    own = meta.get("dataset") or (config.data.dataset if config else None)
+    if (source or own) is None:
+        raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
+                          "--data folder:PATH.")
+    if data_dir is None and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
+        data_dir = config.data.data_dir
+    # the run's own folder is split as in training; another plain <class>/ folder is all test data
+    whole = source not in (None, own) and source.startswith("folder:")
+    dataset = load_dataset(source or own, data_dir, fractions={"test": 1.0} if whole else None,
+                           seed=config.data.split_seed if config else 0)
+    if split in dataset.splits:
+        chosen = dataset.splits[split]
+    elif split == "val" and config is not None:
+        data = config.data
+        chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)[1]
+        if chosen is None:
+            raise ImgclfError(f"{folder} was trained without a validation split (data.val_fraction 0).")
+    else:
+        raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
+    if len(chosen) == 0:
+        raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
+    return EvalData(dataset, split, chosen, _model_labels(dataset, meta["classes"], chosen))
+
+
+def _model_labels(dataset: Dataset, classes: list[str], split: Split) -> np.ndarray:
+    """The split's labels as indices into the model's classes; data with classes the model lacks is an error."""
+    labels = split.labels.numpy()
+    if dataset.classes == classes:
+        return labels
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
+        raise ImgclfError(f"{dataset.name} has classes the model was not trained on ({', '.join(unknown[:5])}"
+                          f"{' ...' if len(unknown) > 5 else ''}); the model knows {', '.join(classes[:20])}. "
+                          "Evaluate on data whose class folders are among the model's classes.")
+    return np.array([classes.index(c) for c in dataset.classes])[labels]
+
+
+def input_notes(split: Split, preprocess: Preprocess) -> list[str]:
+    """What preprocessing has to change to feed this data to the model (said in the report, not an error)."""
+    if not isinstance(split, TensorSplit):
+        return []  # files may differ one by one; each is converted as it is read
+    channels, height, width = split.images.shape[1:]
+    notes = []
+    if channels != preprocess.channels:
+        notes.append(f"images have {channels} channel(s), the model takes {preprocess.channels}: converted")
+    if (height, width) != tuple(preprocess.size):
+        notes.append(f"images are {height}x{width}, the model takes {preprocess.size[0]}x{preprocess.size[1]}: resized")
+    return notes
+
+
+def predict_logits(model: Classifier, split: Split, preprocess: Preprocess, device: torch.device,
+                   batch_size: int = 500, progress: bool = False) -> np.ndarray:
+    """(N, K) float32 logits of `model` on every image of `split`, in order."""
+    chunks = []
+    model.to(device).eval()
+    with torch.no_grad():
+        for x, _ in tqdm(batches(split, preprocess, batch_size, device=device), desc="predicting", unit="batch",
+                         total=math.ceil(len(split) / batch_size), leave=False, disable=not progress):
+            chunks.append(model(x).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
+    """Milliseconds per forward pass over `runs` passes, after warm-up passes."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(runs + max(2, runs // 10)):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= max(2, runs // 10):
+                times.append((time.perf_counter() - start) * 1000)
+    return np.array(times)
+
+
+def efficiency(model: Classifier, meta: dict, folder: Path, example: torch.Tensor, device: torch.device,
+               runs: int = 100, batch: int = 256) -> dict:
+    """Parameters, FLOPs, file size, latency at batch 1 (percentiles) and throughput at `batch`.
+
+    `example` is one model-ready (1, C, H, W) image; timings run on `device` with torch's current threads."""
+    pre = preprocess_of(meta)
+    model.to(device).eval()
+    summary = summarize(model, (pre.channels, *pre.size))
+    single = _timings(model, example.to(device), runs)
+    many = _timings(model, example.to(device).expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
+    return {"params": summary.total, "macs": summary.macs, "flops": 2 * summary.macs,
+            "file_mb": round((folder / "model.safetensors").stat().st_size / 2**20, 3),
+            "device": str(device), "threads": torch.get_num_threads(),
+            "latency_ms": {"p50": float(np.percentile(single, 50)), "p95": float(np.percentile(single, 95)),
+                           "p99": float(np.percentile(single, 99)), "mean": float(single.mean()), "runs": runs},
+            "throughput": {"batch": batch, "images_per_second": float(batch / np.median(many) * 1000)}}
+
+
+def training_record(folder: Path) -> dict:
+    """The run's summary.json and metrics.csv rows (numbers as floats), where present."""
+    record: dict = {"summary": {}, "history": []}
+    if (folder / "summary.json").is_file():
+        record["summary"] = json.loads((folder / "summary.json").read_text())
+    if (folder / "metrics.csv").is_file():
+        with (folder / "metrics.csv").open(newline="") as f:
+            record["history"] = [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+                                 for row in csv.DictReader(f)]
+    return record
+
+
+def _calibrate(folder: Path, meta: dict, model: Classifier, device: torch.device, progress: bool) -> dict:
+    """Fit a temperature on the run's validation split and save it into model.json."""
+    data = eval_data(folder, meta, split="val")
+    logits = predict_logits(model, data.split, preprocess_of(meta), device, progress=progress)
+    temperature = metrics.fit_temperature(logits, data.targets)
+    before = metrics.calibration(metrics.softmax(logits), data.targets)["ece"]
+    after = metrics.calibration(metrics.softmax(logits, temperature), data.targets)["ece"]
+    fitted = {"fitted_on": f"{data.dataset.name} validation split", "samples": len(data.targets),
+              "val_ece_before": before, "val_ece_after": after,
+              "fitted_at": datetime.now(timezone.utc).isoformat()}
+    update_meta(folder, temperature=temperature, calibration=fitted)
+    log.info("temperature %.4f fitted on %d validation images; saved into %s", temperature, len(data.targets),
+             folder / "model.json")
+    return {"temperature": temperature, **fitted}
+
+
+def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | Path | None = None,
+                 split: str = "test", calibrate: bool = False, resamples: int = 1000, seed: int = 0,
+                 device: str = "auto", latency_runs: int = 100, out: str | Path | None = None,
+                 progress: bool = False) -> tuple[dict, Path]:
+    """Evaluate a run directory's model; writes report.json and report.html into `out` (default: the run)
+    and returns the report and the HTML path."""
+    model, meta = load_model(run)
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    target = pick_device(device)
+    data = eval_data(folder, meta, source, data_dir, split)
+    classes, pre = meta["classes"], preprocess_of(meta)
+    logits = predict_logits(model, data.split, pre, target, progress=progress)
+    fitted = _calibrate(folder, meta, model, target, progress) if calibrate else meta.get("calibration")
+    temperature = fitted["temperature"] if calibrate else meta.get("temperature", 1.0)
+    raw = metrics.softmax(logits)
+    probs = metrics.softmax(logits, temperature)  # what predict and serve return
+    report = metrics.classification_report(probs, data.targets, classes)
+    curves = report.pop("curves")
+    uncalibrated = metrics.calibration(raw, data.targets)
+    predicted = probs.argmax(axis=1)
+    report.update({
+        "run": str(folder), "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": split,
+        "classes": classes, "created": datetime.now(timezone.utc).isoformat(),
+        "confidence_intervals": {"level": 0.95, "resamples": resamples, "seed": seed,
+                                 **accuracy_and_f1_ci(data.targets, predicted, len(classes), resamples, seed)},
+        "temperature": {"value": temperature, "fitted": fitted, "ece_uncalibrated": uncalibrated["ece"],
+                        "log_loss_uncalibrated": metrics.log_loss(raw, data.targets)},
+        "efficiency": efficiency(model, meta, folder, pre(data.split[0][0].unsqueeze(0)), target, latency_runs),
+        "training": training_record(folder),
+        "misclassified": _misclassified(probs, data.targets, classes),
+        "notes": input_notes(data.split, pre),
+    })
+    figures = _figures(report, curves, uncalibrated, data, pre)
+    out = Path(out) if out else folder
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(render_report(report, figures)))
+    return report, out / "report.html"
+
+
+def _misclassified(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> list[dict]:
+    """Wrong predictions with the highest loss first (the most confidently wrong)."""
+    predicted = probs.argmax(axis=1)
+    loss = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-15, 1))
+    wrong = np.flatnonzero(predicted != targets)
+    return [{"index": int(i), "true": classes[targets[i]], "predicted": classes[predicted[i]],
+             "confidence": float(probs[i, predicted[i]]), "loss": float(loss[i])}
+            for i in wrong[np.argsort(-loss[wrong], kind="stable")][:GALLERY]]
+
+
+def _figures(report: dict, curves: dict, uncalibrated: dict, data: EvalData, pre: Preprocess) -> dict[str, bytes]:
+    """The report's plots as PNG bytes, by section."""
+    classes, history = report["classes"], report["training"]["history"]
+    calibrated = report["temperature"]["value"] != 1.0
+    figures = {
+        "confusion": plots.confusion_plot(report["confusion"], classes, "confusion matrix (counts)", ".0f"),
+        "confusion_normalized": plots.confusion_plot(report["confusion_normalized"], classes,
+                                                     "confusion matrix (share of each true class)", ".2f"),
+        "roc": plots.curves_plot(curves["roc"], classes, "roc", report["auc"], curves["micro_roc"]),
+        "pr": plots.curves_plot(curves["pr"], classes, "pr", report["average_precision"]),
+        "reliability": plots.reliability_plot(uncalibrated["bins"], uncalibrated["ece"],
+                                              report["calibration"]["bins"] if calibrated else None,
+                                              report["calibration"]["ece"] if calibrated else None),
+    }
+    if history:
+        figures["curves"] = plots.training_curves(history)
+    if report["misclassified"]:
+        shown = report["misclassified"]
+        images = [pre.prepare(data.split[m["index"]][0]).numpy() for m in shown]
+        figures["misclassified"] = plots.gallery(
+            images, [f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})" for m in shown])
+    return figures

@@ -1,0 +1,106 @@
+"""Standalone HTML pages for evaluation and comparison reports: tables and PNG plots embedded inline."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.note{color:#555;font-size:.9em}section{margin-bottom:2em}"""
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """An HTML table; floats shown with 4 decimals, None as a dash."""
+    def cell(value: object) -> str:
+        if value is None:
+            return "&ndash;"
+        return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def figure(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return ""
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def page(title: str, sections: list[tuple[str, str]]) -> str:
+    """A whole HTML document: a title and (heading, HTML body) sections, each with an id."""
+    parts = [f'<section id="{escape(heading.lower().replace(" ", "-"))}"><h2>{escape(heading)}</h2>{body}</section>'
+             for heading, body in sections if body]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>{''.join(parts)}</body></html>\n")
+
+
+def interval(value: float, ci: list[float] | tuple[float, float]) -> str:
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def render_report(r: dict, figures: dict[str, bytes]) -> str:
+    """The evaluation report of evaluate_run as one HTML document."""
+    ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
+    topk = next(k for k in r if k.startswith("top") and k.endswith("_accuracy"))
+    train = r["training"]["summary"]
+    headline = table(["metric", "value"], [
+        ["samples", f"{r['samples']:,} ({r['dataset']} {r['split']})"],
+        ["accuracy [95% bootstrap CI]", interval(r["accuracy"], ci["accuracy"])],
+        ["macro F1 [95% bootstrap CI]", interval(r["macro"]["f1"], ci["macro_f1"])],
+        [topk.replace("_", " "), r[topk]], ["log loss", r["log_loss"]],
+        ["ROC AUC macro / micro", f"{_num(r['macro_auc'])} / {_num(r['micro_auc'])}"],
+        ["ECE (15 bins) before / after temperature", f"{temp['ece_uncalibrated']:.4f} / {r['calibration']['ece']:.4f}"],
+        ["worst class accuracy", f"{fair['worst_accuracy']:.4f} (class {fair['worst_class']})"],
+        ["latency at batch 1 p50 / p99", f"{eff['latency_ms']['p50']:.2f} / {eff['latency_ms']['p99']:.2f} ms"],
+        ["parameters / FLOPs per image", f"{eff['params']:,} / {eff['flops']:,}"],
+        ["training time", f"{train['train_seconds']:.1f} s" if "train_seconds" in train else None],
+    ])
+    per_class = table(["class", "precision", "recall", "F1", "support", "ROC AUC", "average precision"],
+                      [[row["class"], row["precision"], row["recall"], row["f1"], row["support"], auc, ap]
+                       for row, auc, ap in zip(r["per_class"], r["auc"], r["average_precision"], strict=True)]
+                      + [[f"{avg} average", r[avg]["precision"], r[avg]["recall"], r[avg]["f1"], r["samples"],
+                          r["macro_auc"] if avg == "macro" else None,
+                          r["macro_average_precision"] if avg == "macro" else None] for avg in ("macro", "weighted")])
+    fitted = temp["fitted"]
+    calibration = (f"<p>Temperature {temp['value']:.4f}"
+                   + (f", fitted on the {escape(fitted['fitted_on'])} ({fitted['samples']:,} images)" if fitted else
+                      " (none fitted: run <code>imgclf evaluate RUN --calibrate</code>)")
+                   + f". Expected calibration error on this split: {temp['ece_uncalibrated']:.4f} uncalibrated, "
+                     f"{r['calibration']['ece']:.4f} as served. Log loss {temp['log_loss_uncalibrated']:.4f} "
+                     f"uncalibrated, {r['log_loss']:.4f} as served.</p>"
+                   + figure(figures.get("reliability"), "reliability diagram"))
+    confused = table(["true", "predicted as", "count", "share of the true class"],
+                     [[p["true"], p["predicted"], p["count"], p["share_of_true"]] for p in r["most_confused"]])
+    efficiency = table(["measure", "value"], [
+        ["parameters", f"{eff['params']:,}"],
+        ["multiply-adds / FLOPs per image", f"{eff['macs']:,} / {eff['flops']:,}"],
+        ["weights file", f"{eff['file_mb']:.3f} MiB"], ["device, threads", f"{eff['device']}, {eff['threads']}"],
+        *[[f"latency at batch 1, {q}", f"{eff['latency_ms'][q]:.3f} ms"] for q in ("p50", "p95", "p99")],
+        [f"throughput at batch {eff['throughput']['batch']}",
+         f"{eff['throughput']['images_per_second']:,.0f} images/s"],
+        ["training time", f"{train['train_seconds']:.1f} s over {train['epochs']:.2f} epochs on {train['device']}"
+         if "train_seconds" in train else None]])
+    fairness = table(["", "class", "accuracy (recall)"],
+                     [["worst", fair["worst_class"], fair["worst_accuracy"]],
+                      ["best", fair["best_class"], fair["best_accuracy"]], ["gap", "", fair["gap"]]])
+    notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in r["notes"])
+    return page(f"{r['model']} on {r['dataset']} ({r['split']})", [
+        ("Summary", f"<p class='note'>Run {escape(r['run'])}, evaluated {escape(r['created'])}.</p>{notes}{headline}"),
+        ("Training curves", figure(figures.get("curves"), "loss and accuracy per epoch")),
+        ("Classification report", per_class),
+        ("Confusion matrix", figure(figures["confusion"], "confusion matrix")
+         + figure(figures["confusion_normalized"], "normalized confusion matrix")),
+        ("ROC and precision-recall", figure(figures["roc"], "ROC curves") + figure(figures["pr"], "PR curves")),
+        ("Calibration", calibration),
+        ("Most confused pairs", confused if r["most_confused"] else "<p>No mistakes.</p>"),
+        ("Misclassified images", "<p class='note'>Highest loss first: true -> predicted (confidence).</p>"
+         + figure(figures.get("misclassified"), "misclassified images") if r["misclassified"] else ""),
+        ("Efficiency", efficiency),
+        ("Fairness", fairness),
+    ])
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

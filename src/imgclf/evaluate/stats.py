@@ -1,0 +1,47 @@
+"""Uncertainty and significance: bootstrap confidence intervals, McNemar's exact test, mean and spread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from imgclf.evaluate.metrics import confusion, per_class
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(indices) over `resamples` seeded resamples of n samples."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def accuracy_and_f1_ci(targets: np.ndarray, predicted: np.ndarray, num_classes: int, resamples: int = 1000,
+                       seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of accuracy and macro-F1; both use the same resamples."""
+    correct = predicted == targets
+    return {"accuracy": bootstrap_ci(lambda i: correct[i].mean(), len(targets), resamples, seed),
+            "macro_f1": bootstrap_ci(lambda i: per_class(confusion(targets[i], predicted[i], num_classes))["f1"].mean(),
+                                     len(targets), resamples, seed)}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test on paired right/wrong outcomes of two models over the same samples.
+
+    Only discordant pairs count: b = A right and B wrong, c = A wrong and B right. Under the null
+    (equal error rates) b ~ Binomial(b + c, 1/2); the two-sided p-value is exact (binomial)."""
+    from scipy.stats import binomtest
+
+    b = int((correct_a & ~correct_b).sum())
+    c = int((~correct_a & correct_b).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"a_only": b, "b_only": c, "p_value": p}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
