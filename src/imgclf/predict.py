@@ -1,15 +1,32 @@
-"""Classify image files with a trained model, using the preprocessing saved with it."""
+"""Run a trained model: logits over a whole split, or classes of image files, with its saved preprocessing."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
+from imgclf.data import Preprocess, Split, batches
 from imgclf.data.transforms import UNREADABLE, image_to_tensor
 from imgclf.errors import ImgclfError
 from imgclf.rundir import load_model, preprocess_of
+
+
+def predict_logits(model: torch.nn.Module, split: Split, preprocess: Preprocess, device: torch.device,
+                   batch_size: int = 500, num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """(N, K) float32 logits of `model` (put in eval mode) on every image of `split`, in order."""
+    chunks = []
+    model.eval()
+    with torch.no_grad():
+        for x, _ in tqdm(batches(split, preprocess, batch_size, device=device, num_workers=num_workers),
+                         desc="predicting", unit="batch", total=math.ceil(len(split) / batch_size), leave=False,
+                         disable=not progress):
+            chunks.append(model(x).float().cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
 def predict_files(run: str | Path, paths: list[Path], top: int = 3) -> list[list[tuple[str, float]]]:

@@ -64,10 +64,15 @@ def save_model(folder: Path, model: Classifier, classes: list[str], preprocess: 
     atomic_write(folder / "model.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run directory of a path that names it or a file in it (model.json, model.safetensors)."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def load_model(path: str | Path) -> tuple[Classifier, dict]:
     """The model from a run directory (or its model.json / model.safetensors), in eval mode, and its metadata."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = run_folder(path)
     meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
     if not meta_path.is_file() or not weights_path.is_file():
         raise ImgclfError(f"{folder} is not a run directory with a trained model (model.json and "

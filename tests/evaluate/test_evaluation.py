@@ -17,9 +17,9 @@ from imgclf.cv import cross_validate
 from imgclf.data import load_dataset, train_val
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.compare import compare_runs
-from imgclf.evaluate.evaluation import evaluate_run, predict_logits
+from imgclf.evaluate.evaluation import eval_data, evaluate_run
 from imgclf.evaluate.metrics import log_loss, softmax
-from imgclf.predict import predict_files
+from imgclf.predict import predict_files, predict_logits
 from imgclf.rundir import load_model, preprocess_of
 from imgclf.training import train
 
@@ -51,13 +51,14 @@ def _pngs(html: str) -> dict[str, Image.Image]:
 
 def test_report_on_a_real_run_has_every_number_and_section(runs, tmp_path):
     run = runs[0]
-    report, html_path = evaluate_run(run.path, resamples=200, latency_runs=5, out=tmp_path)
+    report, html_path = evaluate_run(run.path / "model.json", resamples=200, latency_runs=5, out=tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))  # every number of the report is in report.json
     assert report["samples"] == 10_000 and report["accuracy"] == pytest.approx(run.summary["test_acc"])
     low, high = report["confidence_intervals"]["accuracy"]
     assert low < report["accuracy"] < high and high - low < 0.03
     assert 0 < report["calibration"]["ece"] < 0.2 and len(report["calibration"]["bins"]["count"]) == 15
+    assert report["top_k"]["k"] == 5 and report["accuracy"] < report["top_k"]["accuracy"] <= 1
     assert report["temperature"]["value"] == 1.0 and report["temperature"]["fitted"] is None
     assert report["efficiency"]["params"] == sum(p.numel() for p in load_model(run.path)[0].parameters())
     assert report["efficiency"]["latency_ms"]["p50"] <= report["efficiency"]["latency_ms"]["p99"]
@@ -156,15 +157,32 @@ def test_compare_ranks_runs_with_paired_tests(runs, tmp_path):
     assert 'id="leaderboard"' in html and 'id="published-figures"' in html and len(_pngs(html)) == 1
 
 
-def test_compare_refuses_runs_on_different_classes(runs, tmp_path, image_folder):
-    pets = train(load_config(None, {"out": str(tmp_path / "runs"), "name": "pets",
-                                    "data.dataset": f"folder:{image_folder}", "data.num_workers": 0,
-                                    "data.val_fraction": 0.0, "train.batch_size": 4,
-                                    "train.epochs": 1, "data.augment": "none"}), progress=False)
+def test_compare_refuses_runs_on_different_classes_or_images(runs, tmp_path, image_folder):
+    def pets(seed: int):
+        return train(load_config(None, {"out": str(tmp_path / "runs"), "name": f"pets{seed}",
+                                        "data.dataset": f"folder:{image_folder}", "data.num_workers": 0,
+                                        "data.split_seed": seed, "train.batch_size": 4, "train.epochs": 1,
+                                        "data.augment": "none"}), progress=False).path
+
+    first, second = pets(0), pets(1)
     with pytest.raises(ImgclfError, match="does not share the classes"):
-        compare_runs([runs[0].path, pets.path], out=tmp_path / "cmp")
+        compare_runs([runs[0].path, first], out=tmp_path / "cmp")
+    # same classes and labels, but the split seed put other images into the test split: not a paired test
+    with pytest.raises(ImgclfError, match="split seed"):
+        compare_runs([first, second], out=tmp_path / "cmp")
     with pytest.raises(ImgclfError, match="at least two"):
         compare_runs([runs[0].path])
+
+
+def test_report_without_summary_and_with_gaps_in_metrics_csv(runs, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(runs[0].path, folder)
+    (folder / "summary.json").unlink()
+    (folder / "metrics.csv").write_text("epoch,train_loss,val_loss,val_acc\n1,0.5,nan,\n2,0.4,0.3,0.9\n")
+    _, html = evaluate_run(folder, resamples=20, latency_runs=3)
+    strict = json.loads((folder / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert strict["training"]["history"][0]["val_loss"] is None and strict["training"]["summary"] == {}
+    assert "loss and accuracy per epoch" in _pngs(html.read_text())
 
 
 def test_cross_validation_folds_partition_the_training_data(tmp_path, mnist_dir):
@@ -177,11 +195,15 @@ def test_cross_validation_folds_partition_the_training_data(tmp_path, mnist_dir)
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
     fold_config = load_config(tmp_path / "cv" / "fold1-seed0" / "config.yaml")
     assert (fold_config.data.folds, fold_config.data.fold) == (3, 1)  # each fold re-runnable as-is
+    sizes = [json.loads((tmp_path / "cv" / f"fold{k}-seed0" / "summary.json").read_text()) for k in range(3)]
+    assert [s["val_images"] for s in sizes] == [100, 100, 100]  # the folds' validation parts cover the 300
+    assert all(s["train_images"] == 200 for s in sizes)
+    # and they are disjoint: the validation split each fold run used, read back through evaluate's val split
     dataset = load_dataset("mnist", mnist_dir)
-    vals = [train_val(dataset, 300, folds=3, fold=k)[1] for k in range(3)]
-    assert sum(len(v) for v in vals) == 300
-    assert len({bytes(img.numpy()) for v in vals for img in v.images}) == len({
-        bytes(img.numpy()) for img in dataset.split("train").images[:300]})  # every image validated once
+    vals = [eval_data(tmp_path / "cv" / f"fold{k}-seed0", {"classes": dataset.classes, "dataset": "mnist"},
+                      split="val").split for k in range(3)]
+    seen = {bytes(img.numpy()) for v in vals for img in v.images}
+    assert len(seen) == len({bytes(img.numpy()) for img in dataset.split("train").images[:300]})
 
 
 def test_cli_evaluate_compare_cv(runs, tmp_path, mnist_dir, capsys):

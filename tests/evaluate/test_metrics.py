@@ -45,9 +45,8 @@ def test_report_matches_sklearn(seed, num_classes, n):
     for name, expected in zip(("precision", "recall", "f1", "support"), (precision, recall, f1, support), strict=True):
         np.testing.assert_allclose(stats[name], expected, atol=1e-12)
         np.testing.assert_allclose([row[name] for row in report["per_class"]], expected, atol=1e-12)
-    for average in ("macro", "weighted"):
-        expected = skm.precision_recall_fscore_support(targets, predicted, labels=labels, average=average,
-                                                       zero_division=0)[:3]
+    for average in ("macro", "weighted"):  # over the classes in targets or predictions: sklearn's default labels
+        expected = skm.precision_recall_fscore_support(targets, predicted, average=average, zero_division=0)[:3]
         got = [report[average][m] for m in ("precision", "recall", "f1")]
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
@@ -56,7 +55,8 @@ def test_report_matches_sklearn(seed, num_classes, n):
     for k in range(1, num_classes):
         assert top_k_accuracy(probs, targets, k) == pytest.approx(
             skm.top_k_accuracy_score(targets, probs if num_classes > 2 else probs[:, 1], k=k, labels=labels))
-    assert report[f"top{min(5, num_classes)}_accuracy"] == top_k_accuracy(probs, targets, min(5, num_classes))
+    k = min(5, num_classes)
+    assert report["top_k"] == {"k": k, "accuracy": top_k_accuracy(probs, targets, k)}
     renormalised = probs.astype(np.float64) / probs.sum(axis=1, keepdims=True)
     assert log_loss(renormalised, targets) == pytest.approx(skm.log_loss(targets, renormalised, labels=labels),
                                                             rel=1e-9, abs=1e-12)

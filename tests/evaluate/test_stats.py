@@ -67,6 +67,12 @@ def test_accuracy_and_f1_ci_contain_point_estimates():
     assert result["accuracy"][1] - result["accuracy"][0] < 0.2
 
 
+def test_f1_interval_of_a_perfect_model_with_a_rare_class_is_a_point():
+    """Resamples that miss the rare class must not count it as F1 0 (that would bias the interval down)."""
+    targets = np.array([0] * 49 + [1] * 49 + [2] * 2)
+    assert accuracy_and_f1_ci(targets, targets.copy(), 3, resamples=300)["macro_f1"] == (1.0, 1.0)
+
+
 def test_mean_std():
     assert mean_std([1, 2, 3]) == {"mean": 2.0, "std": 1.0}
     assert mean_std([4.5]) == {"mean": 4.5, "std": 0.0}

@@ -47,8 +47,9 @@ def kfold(labels: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, n
 
 def train_val(dataset: Dataset, subset: int | None = None, val_fraction: float = 0.1, seed: int = 0,
               folds: int | None = None, fold: int = 0) -> tuple[Split, Split | None]:
-    """The (train, validation) pair a run trains on: the first `subset` training images, then the dataset's
-    own val split, else fold `fold` of `folds` stratified folds, else a stratified `val_fraction` (or none)."""
+    """The (train, validation) pair a run trains on, from the first `subset` training images: with `folds`,
+    fold `fold` of that many stratified folds; else the dataset's own val split; else a stratified
+    `val_fraction` of them (or no validation when it is 0)."""
     train = dataset.split("train")
     if subset:
         train = train.take(np.arange(min(subset, len(train))))

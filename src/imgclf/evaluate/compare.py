@@ -12,10 +12,11 @@ import numpy as np
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
-from imgclf.evaluate.evaluation import efficiency, eval_data, predict_logits, training_record
-from imgclf.evaluate.report import figure, interval, page, table
+from imgclf.evaluate.evaluation import efficiency, eval_data, fingerprint, training_record
+from imgclf.evaluate.report import figure, interval, p_value, page, table
 from imgclf.evaluate.stats import accuracy_and_f1_ci, mcnemar
-from imgclf.rundir import atomic_write, load_model, preprocess_of
+from imgclf.predict import predict_logits
+from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder
 
 # Published test accuracies, for context only: other training setups, not runs of this tool.
 PUBLISHED = {
@@ -45,22 +46,23 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     entries, outcomes, first = [], [], None
     for run in runs:
         model, meta = load_model(run)
-        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        folder = run_folder(run)
         data = eval_data(folder, meta, source, data_dir, split)
-        first = first or (data, meta["classes"])
-        if meta["classes"] != first[1] or not np.array_equal(data.targets, first[0].targets):
-            raise ImgclfError(f"{folder} does not share the classes and {split} images of {runs[0]}; compare runs "
-                              "trained on the same dataset, or pass --dataset/--data to score all on one set.")
+        first = first or (fingerprint(data.split), meta["classes"], data)
+        if meta["classes"] != first[1] or fingerprint(data.split) != first[0]:
+            raise ImgclfError(f"{folder} does not share the classes and {split} images of {runs[0]} (a different "
+                              "dataset, data folder or split seed); compare runs trained on the same data, or pass "
+                              "--dataset/--data to score all on one set.")
         pre = preprocess_of(meta)
-        probs = metrics.softmax(predict_logits(model, data.split, pre, target, progress=progress),
+        probs = metrics.softmax(predict_logits(model.to(target), data.split, pre, target, progress=progress),
                                 meta.get("temperature", 1.0))
         predicted = probs.argmax(axis=1)
         outcomes.append(predicted == data.targets)
         cm = metrics.confusion(data.targets, predicted, len(meta["classes"]))
-        speed = efficiency(model, meta, folder, pre(data.split[0][0].unsqueeze(0)), target, latency_runs)
+        speed = efficiency(model, meta, folder, data.split, target, latency_runs)
         entries.append({
             "name": folder.name, "run": str(folder), "model": meta["architecture"]["name"],
-            "accuracy": float(outcomes[-1].mean()), "macro_f1": float(metrics.per_class(cm)["f1"].mean()),
+            "accuracy": float(outcomes[-1].mean()), "macro_f1": metrics.macro(metrics.per_class(cm)["f1"], cm),
             "ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]), resamples, seed),
             "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
             "flops": speed["flops"], "latency_ms": speed["latency_ms"], "throughput": speed["throughput"],
@@ -69,7 +71,7 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     for entry, correct in zip(entries, outcomes, strict=True):
         entry["vs_best"] = None if entry is entries[best] else mcnemar(outcomes[best], correct)
     order = sorted(range(len(entries)), key=lambda i: -entries[i]["accuracy"])
-    data = first[0]
+    data = first[2]
     result = {"dataset": data.dataset.name, "split": split, "samples": len(data.targets),
               "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
               "leaderboard": [entries[i] for i in order], "published": PUBLISHED.get(data.dataset.name, []),
@@ -87,7 +89,7 @@ def render_comparison(result: dict) -> str:
     rows = [[e["name"], e["model"], interval(e["accuracy"], e["ci"]["accuracy"]),
              interval(e["macro_f1"], e["ci"]["macro_f1"]), e["ece"], f"{e['params']:,}", f"{e['flops']:,}",
              f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f}",
-             "best" if e["vs_best"] is None else f"{e['vs_best']['p_value']:.3g} "
+             "best" if e["vs_best"] is None else f"{p_value(e['vs_best']['p_value'])} "
              f"({e['vs_best']['a_only']} vs {e['vs_best']['b_only']})"] for e in board]
     leaderboard = table(["run", "model", "accuracy [95% CI]", "macro F1 [95% CI]", "ECE", "params", "FLOPs",
                          "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"], rows)

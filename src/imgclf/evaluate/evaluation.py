@@ -4,6 +4,7 @@ efficiency and training history, written as report.json and a standalone report.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -14,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imgclf.config import Config, load_config
-from imgclf.data import Dataset, Preprocess, Split, TensorSplit, batches, load_dataset, train_val
+from imgclf.data import Dataset, Preprocess, Split, TensorSplit, load_dataset, train_val
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, summarize
-from imgclf.rundir import atomic_write, load_model, preprocess_of, update_meta
+from imgclf.predict import predict_logits
+from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder, update_meta
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
@@ -35,7 +36,6 @@ class EvalData:
     """A labelled split to evaluate on, its labels mapped to the model's class order."""
 
     dataset: Dataset
-    split_name: str
     split: Split
     targets: np.ndarray  # (N,) indices into the model's classes
 
@@ -50,30 +50,51 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     """The split to evaluate on: by default the run's own dataset (and data folder), split as in training;
     a folder of <class>/ images that the run was not trained on is evaluated whole, as its 'test' split.
 
-    'val' is the run's validation split even when it was carved from the training data."""
+    'val' is the run's own validation split (its fold, or the part carved from the training data)."""
     config = run_config(folder)
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
         raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
                           "--data folder:PATH.")
-    if data_dir is None and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
+    foreign = source is not None and not _same_source(source, own)
+    if data_dir is None and not foreign and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
         data_dir = config.data.data_dir
-    # the run's own folder is split as in training; another plain <class>/ folder is all test data
-    whole = source not in (None, own) and source.startswith("folder:")
+    whole = foreign and source.startswith("folder:")  # another plain <class>/ folder: all of it is test data
     dataset = load_dataset(source or own, data_dir, fractions={"test": 1.0} if whole else None,
                            seed=config.data.split_seed if config else 0)
-    if split in dataset.splits:
-        chosen = dataset.splits[split]
-    elif split == "val" and config is not None:
+    if split == "val" and config is not None and not foreign:
         data = config.data
         chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)[1]
         if chosen is None:
-            raise ImgclfError(f"{folder} was trained without a validation split (data.val_fraction 0).")
+            raise ImgclfError(f"{folder} was trained without a validation split (data.val_fraction 0), so there "
+                              "is no held-out data for it (calibration must not be fitted on the test split); "
+                              "train with --data.val_fraction 0.1.")
+    elif split in dataset.splits:
+        chosen = dataset.splits[split]
     else:
         raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
     if len(chosen) == 0:
         raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
-    return EvalData(dataset, split, chosen, _model_labels(dataset, meta["classes"], chosen))
+    return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen))
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """Whether two dataset sources name the same data (folder paths compared resolved)."""
+    if a is None or b is None:
+        return a == b
+    if a.startswith("folder:") and b.startswith("folder:"):
+        return Path(a[7:]).expanduser().resolve() == Path(b[7:]).expanduser().resolve()
+    return a.lower() == b.lower()
+
+
+def fingerprint(split: Split) -> str:
+    """A digest of a split's images (pixels, or file paths) and labels: equal only for the same samples."""
+    digest = hashlib.sha256(split.labels.numpy().tobytes())
+    if isinstance(split, TensorSplit):
+        digest.update(split.images.numpy().tobytes())
+    else:
+        digest.update("\n".join(str(p.resolve()) for p in split.paths).encode())
+    return digest.hexdigest()
 
 
 def _model_labels(dataset: Dataset, classes: list[str], split: Split) -> np.ndarray:
@@ -102,21 +123,9 @@ def input_notes(split: Split, preprocess: Preprocess) -> list[str]:
     return notes
 
 
-def predict_logits(model: Classifier, split: Split, preprocess: Preprocess, device: torch.device,
-                   batch_size: int = 500, progress: bool = False) -> np.ndarray:
-    """(N, K) float32 logits of `model` on every image of `split`, in order."""
-    chunks = []
-    model.to(device).eval()
-    with torch.no_grad():
-        for x, _ in tqdm(batches(split, preprocess, batch_size, device=device), desc="predicting", unit="batch",
-                         total=math.ceil(len(split) / batch_size), leave=False, disable=not progress):
-            chunks.append(model(x).float().cpu())
-    return torch.cat(chunks).numpy()
-
-
 def _timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
     """Milliseconds per forward pass over `runs` passes, after warm-up passes."""
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(x.device.type, lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(runs + max(2, runs // 10)):
@@ -129,16 +138,16 @@ def _timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
     return np.array(times)
 
 
-def efficiency(model: Classifier, meta: dict, folder: Path, example: torch.Tensor, device: torch.device,
+def efficiency(model: Classifier, meta: dict, folder: Path, split: Split, device: torch.device,
                runs: int = 100, batch: int = 256) -> dict:
-    """Parameters, FLOPs, file size, latency at batch 1 (percentiles) and throughput at `batch`.
-
-    `example` is one model-ready (1, C, H, W) image; timings run on `device` with torch's current threads."""
+    """Parameters, FLOPs, file size, latency at batch 1 (percentiles) and throughput at `batch`, timed on
+    the first image of `split` on `device` with torch's current number of threads."""
     pre = preprocess_of(meta)
     model.to(device).eval()
     summary = summarize(model, (pre.channels, *pre.size))
-    single = _timings(model, example.to(device), runs)
-    many = _timings(model, example.to(device).expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
+    example = pre(split[0][0].unsqueeze(0)).to(device)  # (1, C, H, W), model-ready
+    single = _timings(model, example, runs)
+    many = _timings(model, example.expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
     return {"params": summary.total, "macs": summary.macs, "flops": 2 * summary.macs,
             "file_mb": round((folder / "model.safetensors").stat().st_size / 2**20, 3),
             "device": str(device), "threads": torch.get_num_threads(),
@@ -154,14 +163,23 @@ def training_record(folder: Path) -> dict:
         record["summary"] = json.loads((folder / "summary.json").read_text())
     if (folder / "metrics.csv").is_file():
         with (folder / "metrics.csv").open(newline="") as f:
-            record["history"] = [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
-                                 for row in csv.DictReader(f)]
+            record["history"] = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return record
 
 
-def _calibrate(folder: Path, meta: dict, model: Classifier, device: torch.device, progress: bool) -> dict:
+def _number(text: str | None) -> float | None:
+    """A metrics.csv cell as a float; empty or non-finite cells as None (JSON has no NaN)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _calibrate(folder: Path, meta: dict, model: Classifier, device: torch.device, data_dir: str | Path | None,
+               progress: bool) -> dict:
     """Fit a temperature on the run's validation split and save it into model.json."""
-    data = eval_data(folder, meta, split="val")
+    data = eval_data(folder, meta, data_dir=data_dir, split="val")
     logits = predict_logits(model, data.split, preprocess_of(meta), device, progress=progress)
     temperature = metrics.fit_temperature(logits, data.targets)
     before = metrics.calibration(metrics.softmax(logits), data.targets)["ece"]
@@ -182,12 +200,12 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
     """Evaluate a run directory's model; writes report.json and report.html into `out` (default: the run)
     and returns the report and the HTML path."""
     model, meta = load_model(run)
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    target = pick_device(device)
+    folder, target = run_folder(run), pick_device(device)
     data = eval_data(folder, meta, source, data_dir, split)
     classes, pre = meta["classes"], preprocess_of(meta)
-    logits = predict_logits(model, data.split, pre, target, progress=progress)
-    fitted = _calibrate(folder, meta, model, target, progress) if calibrate else meta.get("calibration")
+    logits = predict_logits(model.to(target), data.split, pre, target, progress=progress)
+    own_data = data_dir if source is None or _same_source(source, meta.get("dataset")) else None
+    fitted = _calibrate(folder, meta, model, target, own_data, progress) if calibrate else meta.get("calibration")
     temperature = fitted["temperature"] if calibrate else meta.get("temperature", 1.0)
     raw = metrics.softmax(logits)
     probs = metrics.softmax(logits, temperature)  # what predict and serve return
@@ -202,7 +220,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
                                  **accuracy_and_f1_ci(data.targets, predicted, len(classes), resamples, seed)},
         "temperature": {"value": temperature, "fitted": fitted, "ece_uncalibrated": uncalibrated["ece"],
                         "log_loss_uncalibrated": metrics.log_loss(raw, data.targets)},
-        "efficiency": efficiency(model, meta, folder, pre(data.split[0][0].unsqueeze(0)), target, latency_runs),
+        "efficiency": efficiency(model, meta, folder, data.split, target, latency_runs),
         "training": training_record(folder),
         "misclassified": _misclassified(probs, data.targets, classes),
         "notes": input_notes(data.split, pre),

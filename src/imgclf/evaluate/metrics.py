@@ -1,7 +1,9 @@
 """Classification metrics from predicted probabilities: pure functions of NumPy arrays.
 
-Every class in 0..K-1 counts, including classes absent from the targets or never predicted
-(their precision/recall/F1 are 0, as scikit-learn's zero_division=0 gives; their AUC is undefined)."""
+Per-class numbers cover every class 0..K-1 (a class never predicted, or with no samples, gets 0, as
+scikit-learn's zero_division=0 gives; with no samples its AUC is undefined). Macro averages are over
+the classes that occur in the targets or the predictions, as scikit-learn's default: a model with
+10 classes scored on data of only two of them is not penalized for the eight it was never shown."""
 
 from __future__ import annotations
 
@@ -25,6 +27,12 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     predicted, support = cm.sum(axis=0), cm.sum(axis=1)
     return {"precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
             "f1": _ratio(2 * tp, predicted + support), "support": support}
+
+
+def macro(values: np.ndarray, cm: np.ndarray) -> float:
+    """Mean of a per-class value over the classes that occur in the targets or the predictions."""
+    active = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    return float(values[active].mean()) if active.any() else 0.0
 
 
 def top_k_accuracy(probs: np.ndarray, targets: np.ndarray, k: int) -> float:
@@ -109,9 +117,9 @@ def classification_report(probs: np.ndarray, targets: np.ndarray, classes: list[
     report = {
         "samples": len(targets),
         "accuracy": float((predicted == targets).mean()),
-        f"top{min(top_k, num_classes)}_accuracy": top_k_accuracy(probs, targets, min(top_k, num_classes)),
+        "top_k": {"k": min(top_k, num_classes), "accuracy": top_k_accuracy(probs, targets, min(top_k, num_classes))},
         "log_loss": log_loss(probs, targets),
-        "macro": {m: float(stats[m].mean()) for m in ("precision", "recall", "f1")},
+        "macro": {m: macro(stats[m], cm) for m in ("precision", "recall", "f1")},
         "weighted": {m: float((stats[m] * weights).sum()) for m in ("precision", "recall", "f1")},
         "per_class": rows,
         "confusion": cm.tolist(),

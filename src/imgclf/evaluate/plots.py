@@ -15,6 +15,7 @@ import numpy as np
 
 
 def _png(fig) -> bytes:
+    """The figure as PNG bytes (and closed)."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
@@ -42,8 +43,8 @@ def training_curves(history: list[dict]) -> bytes:
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split in ("train", "val"):
             values = [r.get(f"{split}_{metric}") for r in history]
-            if any(v not in (None, "") for v in values):
-                ax.plot(epochs, [float(v) for v in values], marker="o", label=split)
+            if any(v is not None for v in values):  # a missing value is a gap in the line
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=split)
         ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "cross-entropy loss", title=metric)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -40,16 +40,20 @@ def interval(value: float, ci: list[float] | tuple[float, float]) -> str:
     return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def p_value(p: float) -> str:
+    """A p-value in 3 significant digits; one too small for a float reads as < 1e-300, not 0."""
+    return f"{p:.3g}" if p > 0 else "< 1e-300"
+
+
 def render_report(r: dict, figures: dict[str, bytes]) -> str:
     """The evaluation report of evaluate_run as one HTML document."""
     ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
-    topk = next(k for k in r if k.startswith("top") and k.endswith("_accuracy"))
     train = r["training"]["summary"]
     headline = table(["metric", "value"], [
         ["samples", f"{r['samples']:,} ({r['dataset']} {r['split']})"],
         ["accuracy [95% bootstrap CI]", interval(r["accuracy"], ci["accuracy"])],
         ["macro F1 [95% bootstrap CI]", interval(r["macro"]["f1"], ci["macro_f1"])],
-        [topk.replace("_", " "), r[topk]], ["log loss", r["log_loss"]],
+        [f"top-{r['top_k']['k']} accuracy", r["top_k"]["accuracy"]], ["log loss", r["log_loss"]],
         ["ROC AUC macro / micro", f"{_num(r['macro_auc'])} / {_num(r['micro_auc'])}"],
         ["ECE (15 bins) before / after temperature", f"{temp['ece_uncalibrated']:.4f} / {r['calibration']['ece']:.4f}"],
         ["worst class accuracy", f"{fair['worst_accuracy']:.4f} (class {fair['worst_class']})"],

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imgclf.evaluate.metrics import confusion, per_class
+from imgclf.evaluate.metrics import confusion, macro, per_class
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, resamples: int = 1000, seed: int = 0,
@@ -21,11 +21,15 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, resamples: in
 
 def accuracy_and_f1_ci(targets: np.ndarray, predicted: np.ndarray, num_classes: int, resamples: int = 1000,
                        seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% bootstrap intervals of accuracy and macro-F1; both use the same resamples."""
+    """95% bootstrap intervals of accuracy and macro-F1 (metrics.macro); both use the same resamples."""
     correct = predicted == targets
+
+    def macro_f1(i: np.ndarray) -> float:  # over the classes in this resample, as for the point estimate
+        cm = confusion(targets[i], predicted[i], num_classes)
+        return macro(per_class(cm)["f1"], cm)
+
     return {"accuracy": bootstrap_ci(lambda i: correct[i].mean(), len(targets), resamples, seed),
-            "macro_f1": bootstrap_ci(lambda i: per_class(confusion(targets[i], predicted[i], num_classes))["f1"].mean(),
-                                     len(targets), resamples, seed)}
+            "macro_f1": bootstrap_ci(macro_f1, len(targets), resamples, seed)}
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:

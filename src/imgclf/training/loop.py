@@ -33,6 +33,7 @@ from imgclf.data import (
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
+from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, save_model
 from imgclf.training.optim import make_optimizer, make_schedule
 
@@ -383,15 +384,9 @@ class Trainer:
 
     def _evaluate(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of `model` (put in eval mode) on `split`."""
-        model.eval()
-        total, correct = 0.0, 0
-        with torch.no_grad():
-            for x, y in batches(split, self.preprocess, 1024, device=self.device,
-                                num_workers=self.config.data.num_workers):
-                logits = model(x).float()
-                total += F.cross_entropy(logits, y, reduction="sum").item()
-                correct += int((logits.argmax(1) == y).sum())
-        return total / len(split), correct / len(split)
+        logits = torch.from_numpy(predict_logits(model, split, self.preprocess, self.device,
+                                                 num_workers=self.config.data.num_workers))
+        return F.cross_entropy(logits, split.labels).item(), (logits.argmax(1) == split.labels).float().mean().item()
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
@@ -426,7 +421,8 @@ class Trainer:
         summary = {"stopped": stop or "done", "epochs": self.step / self.steps_per_epoch, "steps": self.step,
                    "device": str(self.device), "threads": torch.get_num_threads(),
                    "best": self.best, "train_seconds": round(self.elapsed, 2),
-                   "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped}
+                   "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped,
+                   "train_images": len(self.train_split), "val_images": len(self.val_split or ())}
         if "test" in self.dataset.splits and self.best and stop not in ("interrupted",):
             summary["test_acc"] = self._test_accuracy()
         atomic_write(self.folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
