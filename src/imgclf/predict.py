@@ -13,7 +13,8 @@ from tqdm import tqdm
 from imgclf.data import Preprocess, Split, batches
 from imgclf.data.transforms import UNREADABLE, image_to_tensor
 from imgclf.errors import ImgclfError
-from imgclf.rundir import load_model, preprocess_of
+from imgclf.rundir import preprocess_of
+from imgclf.runtime import open_model
 
 
 def predict_logits(model: torch.nn.Module, split: Split, preprocess: Preprocess, device: torch.device,
@@ -30,8 +31,9 @@ def predict_logits(model: torch.nn.Module, split: Split, preprocess: Preprocess,
 
 
 def predict_files(run: str | Path, paths: list[Path], top: int = 3) -> list[list[tuple[str, float]]]:
-    """For each image, the `top` (class, probability) pairs, most likely first."""
-    model, meta = load_model(run)
+    """For each image, the `top` (class, probability) pairs, most likely first; `run` is a run directory or
+    an exported model file."""
+    model, meta = open_model(run)
     preprocess = preprocess_of(meta)
     images = []
     for path in paths:

@@ -16,7 +16,8 @@ from imgclf.evaluate.evaluation import efficiency, eval_data, fingerprint, train
 from imgclf.evaluate.report import figure, interval, p_value, page, table
 from imgclf.evaluate.stats import accuracy_and_f1_ci, mcnemar
 from imgclf.predict import predict_logits
-from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder
+from imgclf.rundir import atomic_write, preprocess_of, run_folder
+from imgclf.runtime import open_model
 
 # Published test accuracies, for context only: other training setups, not runs of this tool.
 PUBLISHED = {
@@ -45,7 +46,7 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     target = pick_device(device)
     entries, outcomes, first = [], [], None
     for run in runs:
-        model, meta = load_model(run)
+        model, meta = open_model(run)
         folder = run_folder(run)
         data = eval_data(folder, meta, source, data_dir, split)
         first = first or (fingerprint(data.split), meta["classes"], data)
@@ -61,7 +62,8 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
         cm = metrics.confusion(data.targets, predicted, len(meta["classes"]))
         speed = efficiency(model, meta, folder, data.split, target, latency_runs)
         entries.append({
-            "name": folder.name, "run": str(folder), "model": meta["architecture"]["name"],
+            "name": folder.name if Path(run).is_dir() else f"{folder.name}/{Path(run).name}", "run": str(run),
+            "model": meta["architecture"]["name"],
             "accuracy": float(outcomes[-1].mean()), "macro_f1": metrics.macro(metrics.per_class(cm)["f1"], cm),
             "ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]), resamples, seed),
             "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
@@ -76,7 +78,7 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
               "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
               "leaderboard": [entries[i] for i in order], "published": PUBLISHED.get(data.dataset.name, []),
               "settings": {"resamples": resamples, "seed": seed, "level": 0.95, "device": str(target)}}
-    out = Path(out) if out else Path(entries[0]["run"]).parent
+    out = Path(out) if out else run_folder(runs[0]).parent
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     atomic_write(out / "compare.html", lambda tmp: tmp.write_text(render_comparison(result)))

@@ -23,9 +23,10 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
 from imgclf.evaluate.stats import accuracy_and_f1_ci
-from imgclf.models import Classifier, summarize
+from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
-from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder, update_meta
+from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
+from imgclf.runtime import ExportedModel, open_model
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
@@ -144,12 +145,18 @@ def efficiency(model: Classifier, meta: dict, folder: Path, split: Split, device
     the first image of `split` on `device` with torch's current number of threads."""
     pre = preprocess_of(meta)
     model.to(device).eval()
-    summary = summarize(model, (pre.channels, *pre.size))
+    shape = (pre.channels, *pre.size)
+    if isinstance(model, ExportedModel):  # sized from its architecture, timed as exported
+        arch = dict(meta["architecture"])
+        with torch.device("meta"):
+            summary = summarize(create_model(arch.pop("name"), **arch), shape)
+    else:
+        summary = summarize(model, shape)
     example = pre(split[0][0].unsqueeze(0)).to(device)  # (1, C, H, W), model-ready
     single = _timings(model, example, runs)
     many = _timings(model, example.expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
     return {"params": summary.total, "macs": summary.macs, "flops": 2 * summary.macs,
-            "file_mb": round((folder / "model.safetensors").stat().st_size / 2**20, 3),
+            "file_mb": round(getattr(model, "path", folder / "model.safetensors").stat().st_size / 2**20, 3),
             "device": str(device), "threads": torch.get_num_threads(),
             "latency_ms": {"p50": float(np.percentile(single, 50)), "p95": float(np.percentile(single, 95)),
                            "p99": float(np.percentile(single, 99)), "mean": float(single.mean()), "runs": runs},
@@ -197,10 +204,13 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
                  split: str = "test", calibrate: bool = False, resamples: int = 1000, seed: int = 0,
                  device: str = "auto", latency_runs: int = 100, out: str | Path | None = None,
                  progress: bool = False) -> tuple[dict, Path]:
-    """Evaluate a run directory's model; writes report.json and report.html into `out` (default: the run)
-    and returns the report and the HTML path."""
-    model, meta = load_model(run)
+    """Evaluate a run directory's model (or an exported model file); writes report.json and report.html into
+    `out` (default: the run's folder) and returns the report and the HTML path."""
+    model, meta = open_model(run)
     folder, target = run_folder(run), pick_device(device)
+    if calibrate and isinstance(model, ExportedModel):
+        raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
+                          "carries the temperature).")
     data = eval_data(folder, meta, source, data_dir, split)
     classes, pre = meta["classes"], preprocess_of(meta)
     logits = predict_logits(model.to(target), data.split, pre, target, progress=progress)

@@ -1,0 +1,84 @@
+"""Exported models (ONNX through onnxruntime, TorchScript) behind the same call as a PyTorch classifier.
+
+An export is a model file plus `<file>.json` (classes, the preprocessing its input needs, provenance),
+so `predict` and `evaluate` take it wherever they take a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.errors import ImgclfError
+from imgclf.rundir import load_model, sha256
+
+SUFFIXES = (".onnx", ".torchscript.pt")
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether `path` names an exported model file (as opposed to a run directory or its files)."""
+    return Path(path).is_file() and Path(path).name.endswith(SUFFIXES)
+
+
+class ExportedModel:
+    """Calls an exported model on (B, C, H, W) float tensors and returns logits, like a Classifier in eval mode."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path = path
+        if path.suffix == ".onnx":
+            try:
+                import onnxruntime as ort
+            except ImportError as err:
+                raise ImgclfError("running ONNX models needs onnxruntime: pip install 'imgclf[export]'.") from err
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            try:
+                self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime raises its own exception types for bad files
+                raise ImgclfError(f"{path} is not a valid ONNX model ({str(err).splitlines()[0]}); export "
+                                  "it again.") from err
+            self.input = self.session.get_inputs()[0].name
+        else:
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "session"):
+            array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+            return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+        with torch.inference_mode():
+            return self.module(images.cpu())
+
+    def eval(self) -> ExportedModel:
+        return self
+
+    def to(self, device: torch.device | str) -> ExportedModel:
+        if torch.device(device).type != "cpu":
+            raise ImgclfError(f"exported models run on the CPU here; use --device cpu (got {device}).")
+        return self
+
+
+def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
+    """An exported model file and the metadata beside it (<file>.json)."""
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    if not meta_path.is_file():
+        raise ImgclfError(f"{meta_path} is missing: an exported model needs the JSON written beside it "
+                          "(classes and preprocessing); export it again with imgclf export.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ImgclfError(f"{meta_path} is damaged ({err}); export the model again.") from err
+    if not isinstance(meta, dict) or not {"classes", "preprocess", "sha256"} <= meta.keys():
+        raise ImgclfError(f"{meta_path} lacks classes, preprocess or sha256; export the model again.")
+    if sha256(path) != meta["sha256"]:
+        raise ImgclfError(f"{path} does not match the checksum in {meta_path.name}: the file is damaged or was "
+                          "replaced. Export it again.")
+    return ExportedModel(path), meta
+
+
+def open_model(path: str | Path):
+    """A run directory's PyTorch model, or an exported model file, with its metadata."""
+    return load_exported(path) if is_export(path) else load_model(path)
