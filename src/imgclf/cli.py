@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # other libraries: warnings
+    logging.getLogger("imgclf").setLevel(level)
     try:
         args.run(args)
     except ImgclfError as err:
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     scoring.add_argument("--latency-runs", type=_positive, default=100,
                          help="timed single-image passes for the latency percentiles (default 100)")
     evaluate = commands.add_parser("evaluate", parents=[scoring], help="metrics, plots and an HTML report of a run")
-    evaluate.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
     evaluate.add_argument("--calibrate", action="store_true",
                           help="fit temperature scaling on the run's validation split and save it with the model")
     evaluate.add_argument("--out", type=Path, help="folder for report.json and report.html (default: the run)")
@@ -145,8 +146,31 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--seeds", type=_positive, default=1, help="seeds per fold (default 1)")
     cv.set_defaults(run=_cv, overrides=True)
 
+    export = commands.add_parser("export", parents=[logs], help="ONNX (optionally int8) or TorchScript, parity-checked")
+    export.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    export.add_argument("--format", default="onnx", help="onnx or torchscript (default onnx)")
+    export.add_argument("--quantize", choices=["int8", "int8-dynamic"],
+                        help="ONNX int8: static (calibrated on 512 training images) or dynamic")
+    export.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18, the oldest supported)")
+    export.add_argument("--fixed-batch", action="store_true", help="a fixed batch size instead of a dynamic one")
+    export.add_argument("--embed-normalization", action="store_true",
+                        help="normalize inside the model: the input is the resized image scaled to [0, 1]")
+    export.add_argument("--data-dir", help="folder with the dataset's files, for the parity check")
+    export.add_argument("--out", type=Path, help="folder for the exported file (default: the run)")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest probability difference to PyTorch accepted (default 1e-4)")
+    export.set_defaults(run=_export)
+
+    bench = commands.add_parser("benchmark", parents=[logs],
+                                help="the model in every format: size, accuracy, latency, throughput, share of peak")
+    bench.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    bench.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
+    bench.add_argument("--runs", type=_positive, default=100, help="timed single-image passes (default 100)")
+    bench.add_argument("--batch", type=_positive, default=256, help="batch size for throughput (default 256)")
+    bench.set_defaults(run=_benchmark)
+
     predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
-    predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     predict.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
     predict.set_defaults(run=_predict)
@@ -316,6 +340,40 @@ def _cv(args: argparse.Namespace) -> None:
     print("mean +/- std (sample): " + ", ".join(
         f"{m} {result['summary'][m]['mean']:.4f} +/- {result['summary'][m]['std']:.4f}" for m in shown))
     print(f"results: {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from imgclf.export import export_run
+
+    path, info = export_run(args.run_dir, args.format, quantize=args.quantize, opset=args.opset,
+                            dynamic_batch=not args.fixed_batch, embed_normalization=args.embed_normalization,
+                            out=args.out, data_dir=args.data_dir, tolerance=args.tolerance)
+    parity = info["parity"]
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) and {path.name}.json")
+    print(f"parity with PyTorch on {parity['images']} test images: max |p - p_torch| {parity['max_abs_diff']:.2e}, "
+          f"top-1 agreement {parity['top1_agreement']:.4f}")
+    if "int8" in info:
+        q = info["int8"]
+        print(f"int8 vs fp32 (onnxruntime, whole test split): accuracy {q['fp32']['accuracy']:.4f} -> "
+              f"{q['int8']['accuracy']:.4f} ({q['accuracy_change'] * 100:+.2f} points), size {q['fp32']['mb']:.2f} -> "
+              f"{q['int8']['mb']:.2f} MiB, {q['fp32']['images_per_second']:,.0f} -> "
+              f"{q['int8']['images_per_second']:,.0f} images/s at batch 256")
+    print(f"use it: imgclf predict {path} IMAGE, imgclf evaluate {path}")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from imgclf.benchmark import benchmark_formats
+
+    result = benchmark_formats(args.run_dir, data_dir=args.data_dir, runs=args.runs, batch=args.batch)
+    print(f"{result['model']} from {result['run']}: {result['flops_per_image'] / 1e6:,.2f} MFLOPs per image; "
+          f"{result['images']:,} test images; {result['threads']} threads; measured matmul peak "
+          f"{result['peak_gflops']:,.1f} GFLOP/s")
+    throughput = f"img/s @{result['batch']}"
+    print(f"{'format':<24}{'MiB':>8}{'accuracy':>10}{'p50 ms':>9}{'p99 ms':>9}{throughput:>12}{'vs eager':>10}"
+          f"{'of peak':>9}")
+    for r in result["rows"]:
+        print(f"{r['format']:<24}{r['file_mb']:>8.3f}{r['accuracy']:>10.4f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
+              f"{r['images_per_second']:>12,.0f}{r['speedup']:>9.2f}x{r['peak_fraction']:>9.1%}")
 
 
 def _predict(args: argparse.Namespace) -> None:

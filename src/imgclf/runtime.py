@@ -6,6 +6,7 @@ so `predict` and `evaluate` take it wherever they take a run directory."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ class ExportedModel:
                                   "it again.") from err
             self.input = self.session.get_inputs()[0].name
         else:
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream but still loads and runs
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "session"):

@@ -52,7 +52,8 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     a folder of <class>/ images that the run was not trained on is evaluated whole, as its 'test' split.
 
     'val' is the run's own validation split (its fold, or the part carved from the training data)."""
-    config = run_config(folder)
+    # an exported model outside its run finds the run's config through its provenance
+    config = run_config(folder) or run_config(Path(meta.get("source", {}).get("run", folder)))
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
         raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
@@ -124,7 +125,7 @@ def input_notes(split: Split, preprocess: Preprocess) -> list[str]:
     return notes
 
 
-def _timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
+def timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
     """Milliseconds per forward pass over `runs` passes, after warm-up passes."""
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(x.device.type, lambda: None)
     times = []
@@ -153,8 +154,8 @@ def efficiency(model: Classifier, meta: dict, folder: Path, split: Split, device
     else:
         summary = summarize(model, shape)
     example = pre(split[0][0].unsqueeze(0)).to(device)  # (1, C, H, W), model-ready
-    single = _timings(model, example, runs)
-    many = _timings(model, example.expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
+    single = timings(model, example, runs)
+    many = timings(model, example.expand(batch, -1, -1, -1).contiguous(), max(3, runs // 20))
     return {"params": summary.total, "macs": summary.macs, "flops": 2 * summary.macs,
             "file_mb": round(getattr(model, "path", folder / "model.safetensors").stat().st_size / 2**20, 3),
             "device": str(device), "threads": torch.get_num_threads(),

@@ -1,0 +1,87 @@
+"""`imgclf benchmark`: one model in every runtime format, side by side on this machine: size, test accuracy,
+latency, throughput, and the share of the machine's measured matmul peak it reaches."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclf.evaluate.evaluation import eval_data, timings
+from imgclf.export import export_run
+from imgclf.models import summarize
+from imgclf.predict import predict_logits
+from imgclf.rundir import load_model, preprocess_of, run_folder
+from imgclf.runtime import ExportedModel
+
+log = logging.getLogger(__name__)
+
+
+def peak_flops(size: int = 1024, repeats: int = 10) -> float:
+    """Measured float32 matmul FLOP/s with torch's current threads: the best of `repeats` (size x size) products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def benchmark_formats(run: str | Path, *, data_dir: str | Path | None = None, runs: int = 100, batch: int = 256
+                      ) -> dict:
+    """Every format of the run's model on its test split: PyTorch (plain and channels-last), TorchScript,
+    ONNX Runtime fp32 and int8 (static). Exports go to a temporary folder, each parity-checked."""
+    model, meta = load_model(run)
+    folder, pre = run_folder(run), preprocess_of(meta)
+    test = eval_data(folder, meta, data_dir=data_dir, split="test")
+    flops = 2 * summarize(model, (pre.channels, *pre.size)).macs
+    peak = peak_flops()
+    weights = folder / "model.safetensors"
+    contenders = {"pytorch": (model, weights),
+                  "pytorch channels_last": (_ChannelsLast(load_model(run)[0]).eval(), weights)}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, fmt, quantize in (("torchscript", "torchscript", None), ("onnxruntime fp32", "onnx", None),
+                                    ("onnxruntime int8", "onnx", "int8")):
+            log.info("exporting to %s", name)
+            path, _ = export_run(run, fmt, quantize=quantize, out=scratch, data_dir=data_dir)
+            contenders[name] = (ExportedModel(path), path)
+        rows = [_measure(name, runner, file, pre, test, flops, peak, runs, batch)
+                for name, (runner, file) in contenders.items()]
+    base = rows[0]["images_per_second"]
+    for row in rows:
+        row["speedup"] = row["images_per_second"] / base
+    return {"run": str(folder), "model": meta["architecture"]["name"], "images": len(test.targets),
+            "flops_per_image": flops, "peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
+            "batch": batch, "rows": rows}
+
+
+class _ChannelsLast(torch.nn.Module):
+    """The model in channels-last memory format, fed channels-last inputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def _measure(name: str, runner, file: Path, pre, test, flops: int, peak: float, runs: int, batch: int) -> dict:
+    """One row: file size, test accuracy, latency at batch 1, throughput at `batch`, share of peak."""
+    log.info("timing %s", name)
+    with torch.inference_mode():
+        logits = predict_logits(runner, test.split, pre, torch.device("cpu"))
+    example = pre(test.split[0][0].unsqueeze(0))
+    single = timings(runner, example, runs)
+    many = timings(runner, example.expand(batch, -1, -1, -1).contiguous(), max(5, runs // 10))
+    throughput = batch / np.median(many) * 1000
+    return {"format": name, "file_mb": round(file.stat().st_size / 2**20, 3),
+            "accuracy": float((logits.argmax(1) == test.targets).mean()),
+            "p50_ms": float(np.percentile(single, 50)), "p99_ms": float(np.percentile(single, 99)),
+            "images_per_second": float(throughput), "peak_fraction": float(flops * throughput / peak)}

@@ -1,0 +1,115 @@
+"""Export to ONNX and TorchScript: parity with PyTorch on real MNIST images, int8, use by predict and
+evaluate, the benchmark table, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from imgclf.cli import main
+from imgclf.config import load_config
+from imgclf.data import Preprocess
+from imgclf.errors import ImgclfError
+from imgclf.evaluate.evaluation import evaluate_run
+from imgclf.export import export_run
+from imgclf.models import create_model
+from imgclf.predict import predict_files
+from imgclf.rundir import save_model
+from imgclf.training import train
+
+CLASSES = [str(d) for d in range(10)]
+
+
+def _run_dir(folder, mnist_dir, name: str, size: int = 28):
+    """A run directory holding an untrained `name` for MNIST (parity does not need a trained model)."""
+    folder.mkdir(parents=True)
+    model = create_model(name, 10, 1, size).eval()
+    save_model(folder, model, CLASSES, Preprocess((size, size), 1, (0.1307,), (0.3081,)), dataset="mnist")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": "mnist", "data_dir": str(mnist_dir)}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_dir):
+    config = load_config(None, {"out": str(tmp_path_factory.mktemp("runs")), "name": "fast", "data.dataset": "mnist",
+                                "data.data_dir": str(mnist_dir), "data.subset": 6000, "data.augment": "none",
+                                "train.epochs": 1, "train.batch_size": 128})
+    return train(config, progress=False).path
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize(("name", "size"), [("mnist-fast", 28), ("cnn", 28), ("paper-cnn", 28), ("mnist-best", 28),
+                                            ("resnet18", 32)])
+def test_export_matches_pytorch_on_real_images(tmp_path, mnist_dir, name, size, fmt):
+    run = _run_dir(tmp_path / name, mnist_dir, name, size)
+    path, info = export_run(run, fmt, samples=64)
+    assert path.is_file() and json.loads(path.with_name(path.name + ".json").read_text()) == info
+    assert info["parity"]["images"] == 64 and info["parity"]["max_abs_diff"] <= 1e-4
+    assert info["parity"]["top1_agreement"] == 1.0
+    assert info["classes"] == CLASSES and info["source"]["run"] == str(run)
+
+
+def test_exported_models_predict_and_evaluate_like_the_run(trained, tmp_path, mnist):
+    onnx_path, _ = export_run(trained, "onnx", out=tmp_path / "onnx", dynamic_batch=True)
+    script_path, info = export_run(trained, "torchscript", out=tmp_path / "ts", embed_normalization=True)
+    assert info["preprocess"]["mean"] == [0.0] and info["preprocess_of_source"]["mean"] == [0.1307]
+    images = []
+    for i in range(5):
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(mnist.split("test").images[i, 0].numpy()).save(images[-1])
+    expected = predict_files(trained, images, top=3)
+    for exported in (onnx_path, script_path):
+        got = predict_files(exported, images, top=3)
+        assert [[c for c, _ in row] for row in got] == [[c for c, _ in row] for row in expected]
+        np.testing.assert_allclose([[p for _, p in row] for row in got], [[p for _, p in row] for row in expected],
+                                   atol=1e-5)
+    reference, _ = evaluate_run(trained, out=tmp_path / "r0", resamples=20, latency_runs=3)
+    report, _ = evaluate_run(onnx_path, out=tmp_path / "r1", resamples=20, latency_runs=3)
+    assert report["accuracy"] == reference["accuracy"] and report["samples"] == 10_000
+    assert report["efficiency"]["flops"] == reference["efficiency"]["flops"]
+    assert report["efficiency"]["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
+
+
+def test_int8_keeps_accuracy_and_shrinks_the_file(trained, tmp_path):
+    path, info = export_run(trained, "onnx", quantize="int8", out=tmp_path)
+    q = info["int8"]
+    assert path.name == "model.int8.onnx" and abs(q["accuracy_change"]) <= 0.005
+    assert q["int8"]["mb"] < q["fp32"]["mb"] / 1.5
+    dynamic, info = export_run(trained, "onnx", quantize="int8-dynamic", out=tmp_path)
+    assert dynamic.name == "model.int8-dynamic.onnx" and abs(info["int8"]["accuracy_change"]) <= 0.005
+
+
+def test_export_errors_are_clear_and_leave_nothing_behind(trained, tmp_path):
+    with pytest.raises(ImgclfError, match="not a run directory"):
+        export_run(tmp_path / "nothing")
+    with pytest.raises(ImgclfError, match="unknown export format 'tflite'; choose onnx or torchscript"):
+        export_run(trained, "tflite")
+    with pytest.raises(ImgclfError, match="opset 11 is too old"):
+        export_run(trained, "onnx", opset=11)
+    with pytest.raises(ImgclfError, match="--quantize int8 is not available for torchscript"):
+        export_run(trained, "torchscript", quantize="int8")
+    with pytest.raises(ImgclfError, match=r"disagrees with PyTorch.*nothing was written"):
+        export_run(trained, "onnx", out=tmp_path / "strict", tolerance=-1.0)  # no export can pass this
+    assert list((tmp_path / "strict").iterdir()) == []
+    path, _ = export_run(trained, "onnx", out=tmp_path / "ok")
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ImgclfError, match="does not match the checksum"):
+        predict_files(path, [])
+    path.with_name(path.name + ".json").unlink()
+    with pytest.raises(ImgclfError, match="an exported model needs the JSON written beside it"):
+        predict_files(path, [])
+
+
+def test_cli_export_and_benchmark(trained, capsys):
+    assert main(["export", str(trained), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "parity with PyTorch on 256 test images" in out and (trained / "model.onnx").is_file()
+    assert main(["benchmark", str(trained), "--runs", "5", "--batch", "64", "-q"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pytorch", "pytorch channels_last", "torchscript", "onnxruntime fp32", "onnxruntime int8"):
+        assert f"\n{name} " in out
+    assert "measured matmul peak" in out
+    assert main(["export", str(trained), "--format", "coreml"]) == 1
+    assert "unknown export format" in capsys.readouterr().err
