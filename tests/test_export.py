@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -12,11 +13,13 @@ from imgclf.cli import main
 from imgclf.config import load_config
 from imgclf.data import Preprocess
 from imgclf.errors import ImgclfError
-from imgclf.evaluate.evaluation import evaluate_run
+from imgclf.evaluate.compare import compare_runs
+from imgclf.evaluate.evaluation import device_for, evaluate_run
 from imgclf.export import export_run
 from imgclf.models import create_model
 from imgclf.predict import predict_files
-from imgclf.rundir import save_model
+from imgclf.rundir import load_model, preprocess_of, save_model
+from imgclf.runtime import ExportedModel, open_model
 from imgclf.training import train
 
 CLASSES = [str(d) for d in range(10)]
@@ -42,19 +45,39 @@ def trained(tmp_path_factory, mnist_dir):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize(("name", "size"), [("mnist-fast", 28), ("cnn", 28), ("paper-cnn", 28), ("mnist-best", 28),
                                             ("resnet18", 32)])
-def test_export_matches_pytorch_on_real_images(tmp_path, mnist_dir, name, size, fmt):
+def test_export_matches_pytorch_on_real_images(tmp_path, mnist, mnist_dir, name, size, fmt):
     run = _run_dir(tmp_path / name, mnist_dir, name, size)
     path, info = export_run(run, fmt, samples=64)
     assert path.is_file() and json.loads(path.with_name(path.name + ".json").read_text()) == info
     assert info["parity"]["images"] == 64 and info["parity"]["max_abs_diff"] <= 1e-4
-    assert info["parity"]["top1_agreement"] == 1.0
     assert info["classes"] == CLASSES and info["source"]["run"] == str(run)
+    # logits too (an untrained model's probabilities are all near 0.1), at a batch size not traced
+    model, meta = load_model(run)
+    x = preprocess_of(meta)(mnist.split("test").images[:3])
+    with torch.no_grad():
+        np.testing.assert_allclose(ExportedModel(path)(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_embedded_normalization_takes_images_scaled_to_0_1(trained, tmp_path, mnist):
+    path, info = export_run(trained, "onnx", embed_normalization=True, out=tmp_path)
+    assert info["preprocess"]["mean"] == [0.0] and info["preprocess_of_source"]["mean"] == [0.1307]
+    images = mnist.split("test").images[:8].float() / 255  # what a consumer feeds: resized, scaled to [0, 1]
+    model, meta = load_model(trained)
+    with torch.no_grad():
+        expected = model(preprocess_of(meta).normalize(images)).numpy()
+    np.testing.assert_allclose(ExportedModel(path)(images).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_models_run_on_the_cpu_when_a_gpu_is_auto_picked(trained, tmp_path, monkeypatch):
+    path, _ = export_run(trained, "torchscript", out=tmp_path)
+    model, _ = open_model(path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_for(model, "auto") == torch.device("cpu")
 
 
 def test_exported_models_predict_and_evaluate_like_the_run(trained, tmp_path, mnist):
-    onnx_path, _ = export_run(trained, "onnx", out=tmp_path / "onnx", dynamic_batch=True)
-    script_path, info = export_run(trained, "torchscript", out=tmp_path / "ts", embed_normalization=True)
-    assert info["preprocess"]["mean"] == [0.0] and info["preprocess_of_source"]["mean"] == [0.1307]
+    onnx_path, _ = export_run(trained, "onnx", out=tmp_path / "onnx")
+    script_path, _ = export_run(trained, "torchscript", out=tmp_path / "ts", embed_normalization=True)
     images = []
     for i in range(5):
         images.append(tmp_path / f"{i}.png")
@@ -66,10 +89,15 @@ def test_exported_models_predict_and_evaluate_like_the_run(trained, tmp_path, mn
         np.testing.assert_allclose([[p for _, p in row] for row in got], [[p for _, p in row] for row in expected],
                                    atol=1e-5)
     reference, _ = evaluate_run(trained, out=tmp_path / "r0", resamples=20, latency_runs=3)
-    report, _ = evaluate_run(onnx_path, out=tmp_path / "r1", resamples=20, latency_runs=3)
+    report, html = evaluate_run(onnx_path, resamples=20, latency_runs=3)
+    assert html.parent == tmp_path / "onnx" / "report-model.onnx"  # not over the run's own report
     assert report["accuracy"] == reference["accuracy"] and report["samples"] == 10_000
+    assert report["model_file"] == str(onnx_path)
     assert report["efficiency"]["flops"] == reference["efficiency"]["flops"]
     assert report["efficiency"]["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
+    result, _ = compare_runs([trained, script_path], out=tmp_path / "cmp", resamples=20, latency_runs=3)
+    assert {e["name"] for e in result["leaderboard"]} == {"fast", "ts/model.torchscript.pt"}
+    assert result["leaderboard"][1]["vs_best"]["p_value"] == 1.0  # the same answers on every image
 
 
 def test_int8_keeps_accuracy_and_shrinks_the_file(trained, tmp_path):
@@ -93,6 +121,8 @@ def test_export_errors_are_clear_and_leave_nothing_behind(trained, tmp_path):
     with pytest.raises(ImgclfError, match=r"disagrees with PyTorch.*nothing was written"):
         export_run(trained, "onnx", out=tmp_path / "strict", tolerance=-1.0)  # no export can pass this
     assert list((tmp_path / "strict").iterdir()) == []
+    with pytest.raises(ImgclfError, match="there is no exported model"):
+        predict_files(trained / "model.int8.onnx", [])  # not the run's PyTorch model in its place
     path, _ = export_run(trained, "onnx", out=tmp_path / "ok")
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ImgclfError, match="does not match the checksum"):
@@ -102,10 +132,10 @@ def test_export_errors_are_clear_and_leave_nothing_behind(trained, tmp_path):
         predict_files(path, [])
 
 
-def test_cli_export_and_benchmark(trained, capsys):
-    assert main(["export", str(trained), "-q"]) == 0
+def test_cli_export_and_benchmark(trained, tmp_path, capsys):
+    assert main(["export", str(trained), "--out", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "parity with PyTorch on 256 test images" in out and (trained / "model.onnx").is_file()
+    assert "parity with PyTorch on 256 test images" in out and (tmp_path / "model.onnx").is_file()
     assert main(["benchmark", str(trained), "--runs", "5", "--batch", "64", "-q"]) == 0
     out = capsys.readouterr().out
     for name in ("pytorch", "pytorch channels_last", "torchscript", "onnxruntime fp32", "onnxruntime int8"):

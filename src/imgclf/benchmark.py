@@ -21,7 +21,7 @@ from imgclf.runtime import ExportedModel
 log = logging.getLogger(__name__)
 
 
-def peak_flops(size: int = 1024, repeats: int = 10) -> float:
+def peak_flops(size: int = 2048, repeats: int = 10) -> float:
     """Measured float32 matmul FLOP/s with torch's current threads: the best of `repeats` (size x size) products."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)  # warm-up

@@ -152,7 +152,6 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["int8", "int8-dynamic"],
                         help="ONNX int8: static (calibrated on 512 training images) or dynamic")
     export.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18, the oldest supported)")
-    export.add_argument("--fixed-batch", action="store_true", help="a fixed batch size instead of a dynamic one")
     export.add_argument("--embed-normalization", action="store_true",
                         help="normalize inside the model: the input is the resized image scaled to [0, 1]")
     export.add_argument("--data-dir", help="folder with the dataset's files, for the parity check")
@@ -346,7 +345,7 @@ def _export(args: argparse.Namespace) -> None:
     from imgclf.export import export_run
 
     path, info = export_run(args.run_dir, args.format, quantize=args.quantize, opset=args.opset,
-                            dynamic_batch=not args.fixed_batch, embed_normalization=args.embed_normalization,
+                            embed_normalization=args.embed_normalization,
                             out=args.out, data_dir=args.data_dir, tolerance=args.tolerance)
     parity = info["parity"]
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) and {path.name}.json")

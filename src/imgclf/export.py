@@ -21,7 +21,7 @@ from torch import nn
 
 from imgclf import __version__
 from imgclf.data import Preprocess, Split, batches
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 from imgclf.evaluate.evaluation import eval_data
 from imgclf.evaluate.metrics import softmax
 from imgclf.models import Classifier
@@ -42,8 +42,9 @@ class Deployable(nn.Module):
     def __init__(self, model: Classifier, preprocess: Preprocess, normalize: bool) -> None:
         super().__init__()
         self.model, self.normalize = model, normalize
-        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocess.std).view(1, -1, 1, 1))
+        if normalize:
+            self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(preprocess.std).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.normalize:
@@ -52,11 +53,11 @@ class Deployable(nn.Module):
 
 
 def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = None, opset: int = MIN_OPSET,
-               dynamic_batch: bool = True, embed_normalization: bool = False, out: str | Path | None = None,
-               data_dir: str | Path | None = None, samples: int = 256, tolerance: float = 1e-4,
-               max_drop: float = 0.01) -> tuple[Path, dict]:
-    """Export, check parity on `samples` test images (max |p_export - p_torch| <= tolerance), and for int8
-    the accuracy on the whole test split (drop <= max_drop); returns the file and its metadata."""
+               embed_normalization: bool = False, out: str | Path | None = None, data_dir: str | Path | None = None,
+               samples: int = 256, tolerance: float = 1e-4, max_drop: float = 0.01) -> tuple[Path, dict]:
+    """Export with a dynamic batch dimension, check parity on `samples` test images at once and on one
+    alone (max |p_export - p_torch| <= tolerance), and for int8 the accuracy on the whole test split
+    (drop <= max_drop); returns the file and its metadata as written."""
     _check_options(fmt, quantize, opset)
     model, meta = load_model(run)
     folder = run_folder(run)
@@ -67,24 +68,32 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
     out = Path(out) if out else folder
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"model{'.' + quantize if quantize else ''}{FORMATS[fmt]}"
-    example = _images(test.split, shipped, min(samples, len(test.split)))
+    example = _images(test.split, shipped, max(2, min(samples, len(test.split))))  # batch 1 would be fixed
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         fp32 = Path(scratch) / f"fp32{FORMATS[fmt]}"
-        _write(fmt, deployable, example, fp32, opset, dynamic_batch)
+        export_module(fmt, deployable, example, fp32, opset)
         report = {"parity": _parity(deployable, ExportedModel(fp32), example, tolerance)}
+        _parity(deployable, ExportedModel(fp32), example[:1], tolerance)  # the batch dimension is really dynamic
         if quantize:
             quantized = Path(scratch) / "int8.onnx"
-            _quantize(fp32, quantized, quantize, folder, meta, shipped, data_dir)
+            try:
+                _quantize(fp32, quantized, quantize, folder, meta, shipped, data_dir)
+            except ImgclfError:
+                raise
+            except Exception as err:  # onnxruntime's quantizer raises plain exceptions
+                raise ImgclfError(f"int8 quantization failed: {first_line(err)}; export without --quantize, "
+                                  "or try --quantize int8-dynamic.") from err
             report["int8"] = _int8_report(fp32, quantized, test.split, test.targets, shipped, max_drop)
             fp32 = quantized
         atomic_write(path, lambda tmp: tmp.write_bytes(fp32.read_bytes()))
     info = {"format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None,
-            "dynamic_batch": dynamic_batch, "normalization_embedded": embed_normalization,
-            "input": {"name": "images", "shape": ["batch" if dynamic_batch else len(example), pre.channels, *pre.size],
+            "normalization_embedded": embed_normalization,
+            "input": {"name": "images", "shape": ["batch", pre.channels, *pre.size],
                       "dtype": "float32", "range": "[0, 1]" if embed_normalization else "normalized"},
             "output": {"name": "logits", "probabilities": "softmax(logits / temperature)"},
             "classes": meta["classes"], "preprocess": shipped.to_dict(), "preprocess_of_source": pre.to_dict(),
-            "temperature": meta.get("temperature", 1.0), "architecture": meta["architecture"],
+            "temperature": meta.get("temperature", 1.0), "calibration": meta.get("calibration"),
+            "architecture": meta["architecture"],
             "dataset": meta.get("dataset"), "source": {"run": str(folder), "sha256": meta["sha256"]},
             "sha256": sha256(path), "exported": datetime.now(timezone.utc).isoformat(),
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
@@ -109,20 +118,21 @@ def _images(split: Split, preprocess: Preprocess, count: int) -> torch.Tensor:
     return next(iter(batches(split, preprocess, count)))[0]
 
 
-def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
-    """Export `model` traced on `example`; a model the format cannot represent gets one clear error."""
+def export_module(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, opset: int = MIN_OPSET) -> None:
+    """Export `model` traced on `example` (batch dimension dynamic); a model the format cannot represent
+    gets one clear error."""
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
             if fmt == "torchscript":
                 torch.jit.save(torch.jit.trace(model, example), str(path))  # deprecated upstream, still supported
             else:
-                batch = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
                 torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
-                                  input_names=["images"], output_names=["logits"], dynamic_shapes=batch,
+                                  input_names=["images"], output_names=["logits"],
+                                  dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
                                   external_data=False, verbose=False, report=False)
     except Exception as err:  # exporters raise many types; the first line names the operator or reason
-        raise ImgclfError(f"this model cannot be exported to {fmt}: {str(err).strip().splitlines()[0]}") from err
+        raise ImgclfError(f"this model cannot be exported to {fmt}: {first_line(err)}") from err
 
 
 def _parity(reference: nn.Module, exported: ExportedModel, images: torch.Tensor, tolerance: float) -> dict:

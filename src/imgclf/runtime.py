@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import load_model, sha256
 
 SUFFIXES = (".onnx", ".torchscript.pt")
@@ -26,7 +26,7 @@ def is_export(path: str | Path) -> bool:
 class ExportedModel:
     """Calls an exported model on (B, C, H, W) float tensors and returns logits, like a Classifier in eval mode."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         if path.suffix == ".onnx":
             try:
@@ -34,13 +34,11 @@ class ExportedModel:
             except ImportError as err:
                 raise ImgclfError("running ONNX models needs onnxruntime: pip install 'imgclf[export]'.") from err
             options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
+            options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch, for fair timings
             try:
                 self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as err:  # onnxruntime raises its own exception types for bad files
-                raise ImgclfError(f"{path} is not a valid ONNX model ({str(err).splitlines()[0]}); export "
-                                  "it again.") from err
+                raise ImgclfError(f"{path} is not a valid ONNX model ({first_line(err)}); export it again.") from err
             self.input = self.session.get_inputs()[0].name
         else:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream but still loads and runs
@@ -84,4 +82,7 @@ def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
 
 def open_model(path: str | Path):
     """A run directory's PyTorch model, or an exported model file, with its metadata."""
+    if Path(path).name.endswith(SUFFIXES) and not Path(path).is_file():
+        raise ImgclfError(f"there is no exported model {path}; create it with imgclf export RUN (see imgclf export "
+                          "--help).")
     return load_exported(path) if is_export(path) else load_model(path)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
-from imgclf.evaluate.evaluation import efficiency, eval_data, fingerprint, training_record
+from imgclf.evaluate.evaluation import device_for, efficiency, eval_data, fingerprint, training_record
 from imgclf.evaluate.report import figure, interval, p_value, page, table
 from imgclf.evaluate.stats import accuracy_and_f1_ci, mcnemar
 from imgclf.predict import predict_logits
@@ -43,11 +42,10 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     folder holding the first run) and returns the comparison and the HTML path."""
     if len(runs) < 2:
         raise ImgclfError("compare needs at least two run directories.")
-    target = pick_device(device)
     entries, outcomes, first = [], [], None
     for run in runs:
         model, meta = open_model(run)
-        folder = run_folder(run)
+        folder, target = run_folder(run), device_for(model, device)
         data = eval_data(folder, meta, source, data_dir, split)
         first = first or (fingerprint(data.split), meta["classes"], data)
         if meta["classes"] != first[1] or fingerprint(data.split) != first[0]:
@@ -77,7 +75,7 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     result = {"dataset": data.dataset.name, "split": split, "samples": len(data.targets),
               "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
               "leaderboard": [entries[i] for i in order], "published": PUBLISHED.get(data.dataset.name, []),
-              "settings": {"resamples": resamples, "seed": seed, "level": 0.95, "device": str(target)}}
+              "settings": {"resamples": resamples, "seed": seed, "level": 0.95, "device": device}}
     out = Path(out) if out else run_folder(runs[0]).parent
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "compare.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))

@@ -125,6 +125,11 @@ def input_notes(split: Split, preprocess: Preprocess) -> list[str]:
     return notes
 
 
+def device_for(model: Classifier | ExportedModel, device: str) -> torch.device:
+    """The device to run on: 'auto' means the CPU for an exported model (onnxruntime and TorchScript run there)."""
+    return pick_device("cpu" if isinstance(model, ExportedModel) and device == "auto" else device)
+
+
 def timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:
     """Milliseconds per forward pass over `runs` passes, after warm-up passes."""
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(x.device.type, lambda: None)
@@ -208,8 +213,9 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
     """Evaluate a run directory's model (or an exported model file); writes report.json and report.html into
     `out` (default: the run's folder) and returns the report and the HTML path."""
     model, meta = open_model(run)
-    folder, target = run_folder(run), pick_device(device)
-    if calibrate and isinstance(model, ExportedModel):
+    exported = isinstance(model, ExportedModel)
+    folder, target = run_folder(run), device_for(model, device)
+    if calibrate and exported:
         raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
                           "carries the temperature).")
     data = eval_data(folder, meta, source, data_dir, split)
@@ -225,7 +231,8 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
     uncalibrated = metrics.calibration(raw, data.targets)
     predicted = probs.argmax(axis=1)
     report.update({
-        "run": str(folder), "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": split,
+        "run": str(folder), "model_file": str(run) if exported else str(folder / "model.safetensors"),
+        "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": split,
         "classes": classes, "created": datetime.now(timezone.utc).isoformat(),
         "confidence_intervals": {"level": 0.95, "resamples": resamples, "seed": seed,
                                  **accuracy_and_f1_ci(data.targets, predicted, len(classes), resamples, seed)},
@@ -237,7 +244,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
         "notes": input_notes(data.split, pre),
     })
     figures = _figures(report, curves, uncalibrated, data, pre)
-    out = Path(out) if out else folder
+    out = Path(out) if out else folder / f"report-{Path(run).name}" if exported else folder  # keep the run's own
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(render_report(report, figures)))
