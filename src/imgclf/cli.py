@@ -109,6 +109,24 @@ def _parser() -> argparse.ArgumentParser:
     finder.add_argument("--plot", type=Path, default=Path("lr_find.png"), help="plot to write (default lr_find.png)")
     finder.set_defaults(run=_lr_find, overrides=True)
 
+    tune = commands.add_parser(
+        "tune", parents=[logs], help="hyperparameter search (Optuna): grid, random or TPE, with pruning",
+        description="Search a space of config values; every trial is a run directory selected on validation. "
+                    "Takes the same options as train for the base config.")
+    tune.add_argument("--config", type=Path, help="the base YAML recipe (see configs/)")
+    for flag in ("dataset", "model", "data-dir", "epochs", "device", "out"):
+        tune.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
+                          help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    tune.add_argument("--space", default="paper", help="'paper' (Table III) or a YAML file of key: choices/ranges")
+    tune.add_argument("--sampler", default="tpe", help="grid, random or tpe (default tpe)")
+    tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
+    tune.add_argument("--trials", type=_positive, help="trials in total (default: the grid's size, else 20)")
+    tune.add_argument("--time", help="wall-time budget for this process, e.g. 30m")
+    tune.add_argument("--storage", help="an Optuna storage URL shared by workers (default: <study>/study.db)")
+    tune.add_argument("--study", help="study name and folder under --out (default tune-<model>)")
+    tune.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    tune.set_defaults(run=_tune, overrides=True)
+
     scoring = argparse.ArgumentParser(add_help=False, parents=[logs])  # evaluate and compare take these
     which = scoring.add_mutually_exclusive_group()
     which.add_argument("--dataset", dest="source", metavar="NAME",
@@ -276,6 +294,30 @@ def _train(args: argparse.Namespace) -> None:
         print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
     if summary["stopped"] == "interrupted":
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+    from imgclf.training import parse_duration
+    from imgclf.tune import load_space, tune
+
+    overrides = {k: v for k, v in _overrides(args).items() if k != "train.time"}  # --time: the search budget
+    result = tune(load_config(args.config, overrides), load_space(args.space), sampler=args.sampler,
+                  pruner=args.pruner, trials=args.trials, timeout=parse_duration(args.time) if args.time else None,
+                  storage=args.storage, study=args.study, seed=args.seed, progress=False)
+    best = result["best"]
+    print(f"{result['trials']} trials ({result['pruned']} pruned), {result['train_seconds']:.0f} s of training; "
+          f"best {best['metric']} {best['value']:.4f} (trial {best['trial']}, {best['run']})")
+    width = max(len("parameter"), *(len(row["parameter"]) for row in result["table"]))
+    print(f"{'parameter':<{width}}  {'values tested':<40}best")
+    for row in result["table"]:
+        values = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row["values tested"])
+        chosen = f"{row['best']:.4g}" if isinstance(row["best"], float) else row["best"]
+        print(f"{row['parameter']:<{width}}  {values[:38] + ('..' if len(values) > 38 else ''):<40}{chosen}")
+    test = result["test"]
+    print(f"test accuracy of the best configuration: {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.4f}, "
+          f"{test['accuracy_ci'][1]:.4f}] 95% CI (imgclf evaluate {best['run']} for the full report)")
+    print(f"study: {result['study']} (trials.csv, best.yaml: imgclf train --config {result['study']}/best.yaml)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

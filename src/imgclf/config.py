@@ -98,7 +98,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
             raise ImgclfError(f"config {path} is not valid YAML: {err}") from err
         if not isinstance(data, dict):
             raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
-    for dotted, value in (overrides or {}).items():
+    return _build(Config, _apply(data, overrides or {}), "")
+
+
+def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
+    """A copy of `config` with {'train.lr': 0.01, 'model.options.layers': 10, ...} applied, checked."""
+    return _build(Config, _apply(config.to_dict(), overrides), "")
+
+
+def _apply(data: dict, overrides: dict[str, object]) -> dict:
+    """Set each dotted key in the nested mapping `data` (in place) and return it."""
+    for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = data
         for key in parents:
@@ -106,7 +116,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
             if not isinstance(node, dict):
                 raise ImgclfError(f"cannot set {dotted}: {key} is not a section.")
         node[leaf] = value
-    return _build(Config, data, "")
+    return data
 
 
 def _build(cls: type, data: dict, where: str):

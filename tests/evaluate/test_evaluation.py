@@ -142,8 +142,12 @@ def test_evaluate_errors_are_clear(runs, tmp_path, mnist_dir):
     assert (no_val.path / "model.json").read_text() == before  # nothing saved is touched
 
 
-def test_compare_ranks_runs_with_paired_tests(runs, tmp_path):
-    result, html_path = compare_runs([r.path for r in runs], resamples=100, latency_runs=3, out=tmp_path)
+def test_compare_ranks_runs_with_paired_tests(runs, tmp_path, capsys):
+    assert main(["compare", *(str(r.path) for r in runs), "--resamples", "100", "--latency-runs", "3", "--out",
+                 str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "McNemar p vs best" in out and "published: LeNet-5" in out
+    result, html_path = json.loads((tmp_path / "compare.json").read_text()), tmp_path / "compare.html"
     board = result["leaderboard"]
     assert [e["accuracy"] for e in board] == sorted((e["accuracy"] for e in board), reverse=True)
     best, other = board
@@ -206,15 +210,11 @@ def test_cross_validation_folds_partition_the_training_data(tmp_path, mnist_dir)
     assert len(seen) == len({bytes(img.numpy()) for img in dataset.split("train").images[:300]})
 
 
-def test_cli_evaluate_compare_cv(runs, tmp_path, mnist_dir, capsys):
+def test_cli_evaluate_and_cv(runs, tmp_path, mnist_dir, capsys):
     assert main(["evaluate", str(runs[0].path), "--resamples", "50", "--latency-runs", "3", "--out",
                  str(tmp_path / "e"), "-q"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"accuracy\s+0\.\d{4}\s+\[0\.\d{4}, 0\.\d{4}\]", out) and "report: " in out
-    assert main(["compare", *(str(r.path) for r in runs), "--resamples", "50", "--latency-runs", "3", "--out",
-                 str(tmp_path / "c"), "-q"]) == 0
-    out = capsys.readouterr().out
-    assert "McNemar p vs best" in out and "published: LeNet-5" in out
     assert main(["cv", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "s",
                  "--folds", "1", "--seeds", "2", "--data.subset", "200", "--train.batch_size", "50", "-q"]) == 0
     out = capsys.readouterr().out

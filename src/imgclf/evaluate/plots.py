@@ -130,3 +130,25 @@ def accuracy_latency_plot(leaderboard: list[dict]) -> bytes:
            title="accuracy vs latency (95% CI)")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def optuna_plots(study, folder: Path) -> list[Path]:
+    """An Optuna study's optimization history, parameter importances and parallel coordinates as PNG files;
+    a plot the study cannot support yet (e.g. importances need two completed trials) is left out."""
+    import warnings
+
+    from optuna.visualization import matplotlib as views
+
+    written = []
+    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+        try:
+            with warnings.catch_warnings():  # optuna marks its matplotlib backend experimental
+                warnings.simplefilter("ignore")
+                figure = getattr(views, f"plot_{name}")(study).figure
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        figure.set_size_inches(8, 5)
+        path = folder / f"{name}.png"
+        path.write_bytes(_png(figure))
+        written.append(path)
+    return written

@@ -10,6 +10,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,10 +58,12 @@ class Run:
 
 
 def train(config: Config | None = None, resume: str | Path | None = None, *, progress: bool = True,
-          max_steps: int | None = None) -> Run:
+          max_steps: int | None = None, on_epoch: Callable[[dict], bool] | None = None, test: bool = True) -> Run:
     """Train per `config` into a new run directory, or continue the run in `resume` exactly.
 
-    max_steps ends this call cleanly after that many optimizer steps, as the time budget does (resumable)."""
+    max_steps ends this call cleanly after that many optimizer steps, as the time budget does (resumable).
+    on_epoch(row) sees every epoch's metrics row and may return True to stop the run there ("pruned").
+    test=False leaves the test split alone (hyperparameter search selects on validation only)."""
     started = time.monotonic()
     if resume is not None:
         folder = Path(resume)
@@ -68,7 +71,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     else:
         config = config or Config()
         folder = _new_folder(config)
-    trainer = Trainer(config, folder, progress)  # fails on bad settings before anything is written
+    trainer = Trainer(config, folder, progress, on_epoch, test)  # fails on bad settings before anything is written
     if resume is not None:
         trainer.restore()
     else:
@@ -156,8 +159,9 @@ def _check_settings(config: Config) -> None:
 class Trainer:
     """Everything one run needs, its resumable state, and the loop."""
 
-    def __init__(self, config: Config, folder: Path, progress: bool) -> None:
-        self.config, self.folder, self.progress = config, folder, progress
+    def __init__(self, config: Config, folder: Path, progress: bool,
+                 on_epoch: Callable[[dict], bool] | None = None, test: bool = True) -> None:
+        self.config, self.folder, self.progress, self.on_epoch, self.test = config, folder, progress, on_epoch, test
         cfg, data = config.train, config.data
         torch.manual_seed(cfg.seed)
         _check_settings(config)
@@ -372,6 +376,8 @@ class Trainer:
         log.info("epoch %g: %s  (%.1fs)", row["epoch"], values, row["seconds"])
         if cfg.early_stop and self.bad_epochs >= cfg.early_stop:
             return "early stopping"
+        if self.on_epoch is not None and self.on_epoch(row):
+            return "pruned"
         return ""
 
     def validate(self) -> dict:
@@ -386,7 +392,8 @@ class Trainer:
         """Mean cross-entropy and accuracy of `model` (put in eval mode) on `split`."""
         logits = torch.from_numpy(predict_logits(model, split, self.preprocess, self.device,
                                                  num_workers=self.config.data.num_workers))
-        return F.cross_entropy(logits, split.labels).item(), (logits.argmax(1) == split.labels).float().mean().item()
+        correct = (logits.argmax(1) == split.labels).sum().item()
+        return F.cross_entropy(logits, split.labels).item(), correct / len(split)
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
@@ -423,7 +430,7 @@ class Trainer:
                    "best": self.best, "train_seconds": round(self.elapsed, 2),
                    "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped,
                    "train_images": len(self.train_split), "val_images": len(self.val_split or ())}
-        if "test" in self.dataset.splits and self.best and stop not in ("interrupted",):
+        if self.test and "test" in self.dataset.splits and self.best and stop not in ("interrupted", "pruned"):
             summary["test_acc"] = self._test_accuracy()
         atomic_write(self.folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
         return Run(self.folder, self.config, self.history, summary)

@@ -1,0 +1,250 @@
+"""`imgclf tune`: hyperparameter search with Optuna around `train`.
+
+Every trial is an ordinary run directory (<out>/<name>/trial-NNNN/) selected on its validation split;
+the study lives in SQLite (<out>/<name>/study.db) or any Optuna storage URL, so a stopped search resumes
+and several processes (or machines) can share one study. The test split is scored once, for the best."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+from imgclf.config import Config, with_overrides
+from imgclf.errors import ImgclfError, first_line
+from imgclf.rundir import atomic_write
+
+log = logging.getLogger(__name__)
+
+# The seed paper's Table III, on the configurable CNN: "layers" and "filter size" map onto its options.
+PAPER_SPACE = {"model.name": "cnn", "train.optimizer": "adam", "train.schedule": "constant",
+               "train.lr": [0.001, 0.01, 0.1], "train.batch_size": [32, 64, 128], "train.epochs": [10, 20, 30],
+               "model.options.layers": [5, 10, 15], "model.options.kernel": [3, 5, 7]}
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("median", "hyperband", "none")
+
+
+def load_space(source: str | Path) -> dict:
+    """A search space: 'paper', or a YAML file of {dotted config key: spec}. A spec is a list (choices),
+    {low, high[, log][, step]} (a range: int if low and high are ints, else float), or a fixed value."""
+    if str(source) == "paper":
+        return dict(PAPER_SPACE)
+    try:
+        space = yaml.safe_load(Path(source).read_text())
+    except OSError as err:
+        raise ImgclfError(f"cannot read search space {source}: {err.strerror or err}; pass a YAML file or "
+                          "--space paper.") from err
+    except yaml.YAMLError as err:
+        raise ImgclfError(f"search space {source} is not valid YAML: {err}") from err
+    if not isinstance(space, dict) or not space:
+        raise ImgclfError(f"search space {source} must map config keys to choices, e.g. train.lr: [0.001, 0.01].")
+    for key, spec in space.items():
+        if isinstance(spec, list) and not spec:
+            raise ImgclfError(f"search space key {key} has an empty list of choices.")
+        if isinstance(spec, dict) and not ({"low", "high"} <= spec.keys() <= {"low", "high", "log", "step"}
+                                            and _number(spec["low"]) < _number(spec["high"])):
+            raise ImgclfError(f"search space key {key}: a range needs low < high (and optionally log, step), "
+                              f"got {spec}.")
+    return space
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ImgclfError(f"range bounds must be numbers, got {value!r}.") from None
+
+
+def _suggest(trial, key: str, spec: object) -> object:
+    """The trial's value for one key of the space."""
+    if isinstance(spec, list):
+        return trial.suggest_categorical(key, spec)
+    if isinstance(spec, dict):
+        low, high = spec["low"], spec["high"]
+        if isinstance(low, int) and isinstance(high, int) and not spec.get("log"):
+            return trial.suggest_int(key, low, high, step=spec.get("step", 1))
+        return trial.suggest_float(key, float(low), float(high), log=bool(spec.get("log")), step=spec.get("step"))
+    return spec  # a fixed value
+
+
+def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "median", trials: int | None = None,
+         timeout: float | None = None, storage: str | None = None, study: str | None = None, seed: int = 0,
+         progress: bool = False) -> dict:
+    """Run (or continue) a study of `trials` trials in total (default: the grid's size for grid, else 20)."""
+    import optuna
+
+    if sampler not in SAMPLERS or pruner not in PRUNERS:
+        raise ImgclfError(f"--sampler must be one of {', '.join(SAMPLERS)} and --pruner one of "
+                          f"{', '.join(PRUNERS)}; got {sampler} and {pruner}.")
+    if not config.data.val_fraction and config.data.folds is None:
+        raise ImgclfError("tuning selects on the validation split; set data.val_fraction above 0 (e.g. 0.1).")
+    folder = Path(config.out) / (study or config.name or f"tune-{config.model.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    searched = {k: v for k, v in space.items() if isinstance(v, list | dict)}
+    fixed = {k: v for k, v in space.items() if k not in searched}
+    # a bad key or value fails here, before any trial: the fixed values with each searched key's first value
+    with_overrides(config, {**fixed, **{k: v[0] if isinstance(v, list) else v["low"] for k, v in searched.items()}})
+    if sampler == "grid" and any(isinstance(v, dict) for v in searched.values()):
+        raise ImgclfError("the grid sampler needs a list of values for every searched key, not ranges.")
+    grid = math.prod(len(v) for v in searched.values()) if sampler == "grid" else None
+    total = trials or grid or 20
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "minimize" if config.train.monitor == "val_loss" else "maximize"
+    study_obj = optuna.create_study(
+        study_name=folder.name, storage=_storage(storage, folder), load_if_exists=True, direction=direction,
+        sampler=_sampler(optuna, sampler, searched, seed), pruner=_pruner(optuna, pruner, config))
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = total - len(study_obj.get_trials(deepcopy=False, states=done))
+    if remaining > 0:
+        log.info("study %s: %d trial(s) to run (%d done), %s sampler, %s pruner", folder.name, remaining,
+                 total - remaining, sampler, pruner)
+        training_log = logging.getLogger("imgclf.training")
+        level = training_log.level
+        if not log.isEnabledFor(logging.DEBUG):
+            training_log.setLevel(logging.WARNING)  # one line per trial, not one per epoch (-v shows them)
+        try:
+            study_obj.optimize(_objective(config, searched, fixed, folder, progress), n_trials=remaining,
+                               timeout=timeout, catch=(ImgclfError,),
+                               callbacks=[optuna.study.MaxTrialsCallback(total, states=done), _report])
+        finally:
+            training_log.setLevel(level)
+    return _write_results(study_obj, config, searched, fixed, folder)
+
+
+def _storage(url: str | None, folder: Path):
+    """SQLite in the study folder by default; heartbeats let a later run retry trials a killed process left.
+    Workers starting together may race to create the tables: the loser retries and finds them."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url or f"sqlite:///{folder.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if not url else None,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except SQLAlchemyError as err:
+            if attempt == 2:
+                raise ImgclfError(f"cannot open the study storage: {first_line(err)}") from err
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _sampler(optuna, name: str, searched: dict, seed: int):
+    if name == "grid":
+        return optuna.samplers.GridSampler(searched, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+
+
+def _pruner(optuna, name: str, config: Config):
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, math.ceil(config.train.epochs)))
+    return optuna.pruners.NopPruner()
+
+
+def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progress: bool):
+    """Train one trial's config into its own run directory, reporting validation after every epoch."""
+    import optuna
+
+    from imgclf.training import train
+
+    def objective(trial) -> float:
+        params = {key: _suggest(trial, key, spec) for key, spec in searched.items()}
+        trial_config = with_overrides(config, {**fixed, **params, "out": str(folder),
+                                               "name": f"trial-{trial.number:04d}"})
+        trial.set_user_attr("run", str(folder / f"trial-{trial.number:04d}"))
+        metric = config.train.monitor
+
+        def report(row: dict) -> bool:
+            trial.report(row[metric], step=math.ceil(row["epoch"]))
+            return trial.should_prune()
+
+        started = time.monotonic()
+        run = train(trial_config, progress=progress, on_epoch=report, test=False)
+        trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+        if run.summary["stopped"] == "pruned":
+            raise optuna.TrialPruned(f"pruned at epoch {run.history[-1]['epoch']}")
+        return run.summary["best"]["value"]
+
+    return objective
+
+
+def _report(study, trial) -> None:
+    """One log line per finished trial, with the best so far."""
+    best = study.best_trial if any(t.value is not None for t in study.trials) else None
+    value = "pruned" if trial.value is None else f"{trial.value:.4f}"
+    log.info("trial %d %s: %s (%.1fs) %s | best %s (trial %d)", trial.number, trial.state.name.lower(), value,
+             trial.user_attrs.get("seconds", 0), trial.params,
+             f"{best.value:.4f}" if best else "-", best.number if best else -1)
+
+
+def _write_results(study, config: Config, searched: dict, fixed: dict, folder: Path) -> dict:
+    """trials.csv, best.yaml, plots, the Table III-style summary and the best trial's test accuracy."""
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    _write_trials(folder / "trials.csv", study.trials, list(searched))
+    complete = [t for t in finished if t.state.name == "COMPLETE"]
+    if not complete:
+        raise ImgclfError(f"no trial of {folder} completed (all failed or were pruned); see the log above.")
+    best = study.best_trial
+    best_config = with_overrides(config, {**fixed, **best.params, "name": None, "out": config.out})
+    atomic_write(folder / "best.yaml", lambda tmp: best_config.save(tmp))
+    table = [{"parameter": key, "values tested": sorted({t.params[key] for t in finished if key in t.params}),
+              "best": best.params.get(key)} for key in searched]
+    result = {"study": str(folder), "trials": len(finished), "complete": len(complete),
+              "pruned": len(finished) - len(complete), "best": {"trial": best.number, "value": best.value,
+                                                                 "metric": config.train.monitor,
+                                                                 "params": best.params, "run": best.user_attrs["run"]},
+              "table": table, "train_seconds": round(sum(t.user_attrs.get("seconds", 0) for t in finished), 1),
+              "test": _test_best(best.user_attrs["run"]), "plots": _plots(study, folder)}
+    atomic_write(folder / "tune.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    return result
+
+
+def _write_trials(path: Path, trials: list, keys: list[str]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["trial", "state", "value", *keys, "seconds", "epochs_reported", "run"])
+            for t in trials:
+                writer.writerow([t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys),
+                                 t.user_attrs.get("seconds"), len(t.intermediate_values), t.user_attrs.get("run")])
+    atomic_write(path, write)
+
+
+def _test_best(run: str) -> dict:
+    """The best trial's saved model on the test split: the one time the search touches the test set
+    (`imgclf evaluate` on that run gives the full report)."""
+    import numpy as np
+
+    from imgclf.device import pick_device
+    from imgclf.evaluate.evaluation import eval_data
+    from imgclf.evaluate.metrics import confusion, macro, per_class
+    from imgclf.evaluate.stats import accuracy_and_f1_ci
+    from imgclf.predict import predict_logits
+    from imgclf.rundir import load_model, preprocess_of
+
+    model, meta = load_model(run)
+    data, device = eval_data(Path(run), meta), pick_device("auto")
+    predicted = predict_logits(model.to(device), data.split, preprocess_of(meta), device).argmax(axis=1)
+    cm = confusion(data.targets, predicted, len(meta["classes"]))
+    return {"accuracy": float(np.mean(predicted == data.targets)), "macro_f1": macro(per_class(cm)["f1"], cm),
+            "accuracy_ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]))["accuracy"]}
+
+
+def _plots(study, folder: Path) -> list[str]:
+    """Optimization history, parameter importances and parallel coordinates as PNGs (where they apply)."""
+    from imgclf.evaluate.plots import optuna_plots
+
+    return [str(p) for p in optuna_plots(study, folder)]

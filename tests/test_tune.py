@@ -1,0 +1,139 @@
+"""Hyperparameter search: spaces, a tiny study end to end, resume, pruning, concurrent workers, errors."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from imgclf.cli import main
+from imgclf.config import load_config
+from imgclf.errors import ImgclfError
+from imgclf.training import train
+from imgclf.tune import PAPER_SPACE, load_space, tune
+
+BIN = Path(sys.executable).parent
+
+
+def _config(tmp_path, mnist_dir, **overrides):
+    base = {"out": str(tmp_path), "data.dataset": "mnist", "data.data_dir": str(mnist_dir), "data.subset": 600,
+            "data.val_fraction": 0.2, "data.augment": "none", "data.num_workers": 0, "model.name": "cnn",
+            "model.options": {"layers": 2, "width": 8}, "train.epochs": 1, "train.batch_size": 50}
+    return load_config(None, {**base, **overrides})
+
+
+SPACE = {"train.lr": {"low": 0.001, "high": 0.05, "log": True}, "model.options.width": [8, 12]}
+
+
+def test_paper_space_is_table_iii(tmp_path):
+    space = load_space("paper")
+    assert space["train.lr"] == [0.001, 0.01, 0.1] and space["train.batch_size"] == [32, 64, 128]
+    assert space["train.epochs"] == [10, 20, 30] and space["model.options.layers"] == [5, 10, 15]
+    assert space["model.options.kernel"] == [3, 5, 7] and space == PAPER_SPACE
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train.lr: []", "empty list of choices"),
+    ("train.lr: {low: 0.1, high: 0.01}", "a range needs low < high"),
+    ("- train.lr", "must map config keys"),
+    ("train.lr: [0.1", "not valid YAML"),
+])
+def test_bad_space_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ImgclfError, match=message):
+        load_space(path)
+    with pytest.raises(ImgclfError, match="cannot read search space"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_bad_settings_fail_before_any_trial(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir)
+    with pytest.raises(ImgclfError, match=r"unknown config key train\.learning_rate"):
+        tune(config, {"train.learning_rate": [0.1, 0.2]}, trials=1)
+    with pytest.raises(ImgclfError, match="grid sampler needs a list"):
+        tune(config, SPACE, sampler="grid")
+    with pytest.raises(ImgclfError, match="--sampler must be one of"):
+        tune(config, SPACE, sampler="bayes")
+    with pytest.raises(ImgclfError, match="selects on the validation split"):
+        tune(_config(tmp_path, mnist_dir, **{"data.val_fraction": 0.0}), SPACE)
+
+
+def test_a_tiny_study_end_to_end_and_its_resume(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir)
+    result = tune(config, SPACE, sampler="random", pruner="none", trials=2, study="s")
+    folder = tmp_path / "s"
+    assert result["trials"] == 2 and result["complete"] == 2 and (folder / "study.db").is_file()
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    assert {"train.lr", "model.options.width"} <= set(rows[0])
+    best = result["best"]
+    assert best["value"] == max(float(r["value"]) for r in rows)
+    for r in rows:  # every trial is a run directory, trained without touching the test split
+        summary = json.loads((Path(r["run"]) / "summary.json").read_text())
+        assert "test_acc" not in summary
+    test = result["test"]  # once, for the best
+    assert test["accuracy_ci"][0] <= test["accuracy"] <= test["accuracy_ci"][1] and 0 < test["macro_f1"] <= 1
+    rerun = load_config(folder / "best.yaml")  # the best config re-runs as a recipe
+    assert rerun.train.lr == best["params"]["train.lr"] and rerun.model.options["width"] == best["params"][
+        "model.options.width"] and rerun.name is None
+    assert [row["parameter"] for row in result["table"]] == ["train.lr", "model.options.width"]
+    assert {Path(p).name for p in result["plots"]} >= {"optimization_history.png"}
+
+    resumed = tune(config, SPACE, sampler="random", pruner="none", trials=3, study="s")  # one more, not three
+    assert resumed["trials"] == 3 and len(list(folder.glob("trial-*"))) == 3
+
+
+def test_training_stops_when_told_to_prune(tmp_path, mnist_dir):
+    seen = []
+    run = train(_config(tmp_path, mnist_dir, **{"train.epochs": 3}), progress=False,
+                on_epoch=lambda row: seen.append(row["epoch"]) or row["epoch"] >= 2)
+    assert seen == [1, 2] and run.summary["stopped"] == "pruned" and "test_acc" not in run.summary
+
+
+def test_median_pruner_stops_a_trial_worse_than_the_median(tmp_path, mnist_dir):
+    config = _config(tmp_path, mnist_dir, **{"train.epochs": 2, "train.schedule": "constant"})
+    folder = tmp_path / "p"
+    folder.mkdir()
+    study = optuna.create_study(study_name="p", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    for lr in (0.01, 0.01, 1e-9):  # two that learn, then one that cannot: it is pruned after its first epoch
+        study.enqueue_trial({"train.lr": lr})
+    result = tune(config, {"train.lr": [0.01, 1e-9]}, sampler="random", pruner="median", trials=3, study="p")
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["complete", "complete", "pruned"]
+    assert rows[2]["epochs_reported"] == "1" and result["pruned"] == 1
+
+
+def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path, mnist_dir):
+    command = [str(BIN / "imgclf"), "tune", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out",
+               str(tmp_path), "--study", "shared", "--model", "cnn", "--model.options", "{layers: 2, width: 8}",
+               "--data.subset", "400", "--data.val_fraction", "0.25", "--data.augment", "none", "--epochs", "1",
+               "--train.batch_size", "50", "--trials", "3", "--sampler", "random", "--pruner", "none", "-q",
+               "--space", str(tmp_path / "space.yaml")]
+    (tmp_path / "space.yaml").write_text("train.lr: {low: 0.001, high: 0.05, log: true}\n")
+    workers = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for seed in (1, 2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    storage = f"sqlite:///{tmp_path / 'shared' / 'study.db'}"
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) >= 3  # a trial in flight when the 3rd finished may add one
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    runs = sorted(p.name for p in (tmp_path / "shared").glob("trial-*"))
+    assert runs == [f"trial-{n:04d}" for n in sorted(numbers)]  # each trial trained once, in its own folder
+    assert all((tmp_path / "shared" / r / "model.safetensors").is_file() for r in runs)
+
+
+def test_cli_tune_prints_the_table(tmp_path, mnist_dir, capsys):
+    (tmp_path / "space.yaml").write_text("train.lr: [0.01, 0.02]\n")
+    assert main(["tune", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--model",
+                 "cnn", "--model.options", "{layers: 2, width: 8}", "--data.subset", "400", "--data.augment",
+                 "none", "--data.val_fraction", "0.25", "--epochs", "1", "--space", str(tmp_path / "space.yaml"),
+                 "--sampler", "grid", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials (0 pruned)" in out and "train.lr" in out and "0.01, 0.02" in out and "best.yaml" in out
