@@ -184,7 +184,7 @@ def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progre
 def _report(study, trial) -> None:
     """One log line per finished trial, with the best so far."""
     best = study.best_trial if any(t.value is not None for t in study.trials) else None
-    value = "pruned" if trial.value is None else f"{trial.value:.4f}"
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
     log.info("trial %d %s: %s (%.1fs) %s | best %s (trial %d)", trial.number, trial.state.name.lower(), value,
              trial.user_attrs.get("seconds", 0), trial.params,
              f"{best.value:.4f}" if best else "-", best.number if best else -1)
