@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--time", help="wall-time budget for this process, e.g. 30m")
     tune.add_argument("--storage", help="an Optuna storage URL shared by workers (default: <study>/study.db)")
     tune.add_argument("--study", help="study name and folder under --out (default tune-<model>)")
-    tune.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    tune.add_argument("--seed", type=int, help="sampler seed, for a reproducible search (default: random; give "
+                                               "workers sharing a study different seeds or none)")
     tune.set_defaults(run=_tune, overrides=True)
 
     scoring = argparse.ArgumentParser(add_help=False, parents=[logs])  # evaluate and compare take these
@@ -306,7 +307,8 @@ def _tune(args: argparse.Namespace) -> None:
                   pruner=args.pruner, trials=args.trials, timeout=parse_duration(args.time) if args.time else None,
                   storage=args.storage, study=args.study, seed=args.seed, progress=False)
     best = result["best"]
-    print(f"{result['trials']} trials ({result['pruned']} pruned), {result['train_seconds']:.0f} s of training; "
+    print(f"{result['trials']} trials ({result['pruned']} pruned, {result['failed']} failed), "
+          f"{result['train_seconds']:.0f} s of training; "
           f"best {best['metric']} {best['value']:.4f} (trial {best['trial']}, {best['run']})")
     width = max(len("parameter"), *(len(row["parameter"]) for row in result["table"]))
     print(f"{'parameter':<{width}}  {'values tested':<40}best")
@@ -315,8 +317,11 @@ def _tune(args: argparse.Namespace) -> None:
         chosen = f"{row['best']:.4g}" if isinstance(row["best"], float) else row["best"]
         print(f"{row['parameter']:<{width}}  {values[:38] + ('..' if len(values) > 38 else ''):<40}{chosen}")
     test = result["test"]
-    print(f"test accuracy of the best configuration: {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.4f}, "
-          f"{test['accuracy_ci'][1]:.4f}] 95% CI (imgclf evaluate {best['run']} for the full report)")
+    if test is None:
+        print(f"the best trial's run {best['run']} is on another machine: score it there with imgclf evaluate")
+    else:
+        print(f"test accuracy of the best configuration: {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.4f}, "
+              f"{test['accuracy_ci'][1]:.4f}] 95% CI (imgclf evaluate {best['run']} for the full report)")
     print(f"study: {result['study']} (trials.csv, best.yaml: imgclf train --config {result['study']}/best.yaml)")
 
 

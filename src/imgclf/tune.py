@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
 
 from imgclf.config import Config, with_overrides
@@ -67,17 +68,23 @@ def _suggest(trial, key: str, spec: object) -> object:
         return trial.suggest_categorical(key, spec)
     if isinstance(spec, dict):
         low, high = spec["low"], spec["high"]
-        if isinstance(low, int) and isinstance(high, int) and not spec.get("log"):
-            return trial.suggest_int(key, low, high, step=spec.get("step", 1))
+        if isinstance(low, int) and isinstance(high, int):
+            return trial.suggest_int(key, low, high, step=spec.get("step", 1), log=bool(spec.get("log")))
         return trial.suggest_float(key, float(low), float(high), log=bool(spec.get("log")), step=spec.get("step"))
     return spec  # a fixed value
 
 
 def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "median", trials: int | None = None,
-         timeout: float | None = None, storage: str | None = None, study: str | None = None, seed: int = 0,
-         progress: bool = False) -> dict:
-    """Run (or continue) a study of `trials` trials in total (default: the grid's size for grid, else 20)."""
-    import optuna
+         timeout: float | None = None, storage: str | None = None, study: str | None = None,
+         seed: int | None = None, progress: bool = False) -> dict:
+    """Run (or continue) a study of `trials` trials in total (default: the grid's size for grid, else 20).
+
+    seed makes the sampler reproducible; leave it None when several workers share a study, or each would
+    propose the same values."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImgclfError("tuning needs Optuna: pip install 'imgclf[tune]'.") from err
 
     if sampler not in SAMPLERS or pruner not in PRUNERS:
         raise ImgclfError(f"--sampler must be one of {', '.join(SAMPLERS)} and --pruner one of "
@@ -88,20 +95,22 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
     folder.mkdir(parents=True, exist_ok=True)
     searched = {k: v for k, v in space.items() if isinstance(v, list | dict)}
     fixed = {k: v for k, v in space.items() if k not in searched}
-    # a bad key or value fails here, before any trial: the fixed values with each searched key's first value
-    with_overrides(config, {**fixed, **{k: v[0] if isinstance(v, list) else v["low"] for k, v in searched.items()}})
+    _check_values(config, searched, fixed)
     if sampler == "grid" and any(isinstance(v, dict) for v in searched.values()):
         raise ImgclfError("the grid sampler needs a list of values for every searched key, not ranges.")
     grid = math.prod(len(v) for v in searched.values()) if sampler == "grid" else None
     total = trials or grid or 20
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged here, one line each
     direction = "minimize" if config.train.monitor == "val_loss" else "maximize"
     study_obj = optuna.create_study(
         study_name=folder.name, storage=_storage(storage, folder), load_if_exists=True, direction=direction,
-        sampler=_sampler(optuna, sampler, searched, seed), pruner=_pruner(optuna, pruner, config))
+        sampler=_sampler(optuna, sampler, searched, seed), pruner=_pruner(optuna, pruner, config, space))
+    _same_study(study_obj, config, space, folder)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = total - len(study_obj.get_trials(deepcopy=False, states=done))
-    if remaining > 0:
+    if remaining <= 0:
+        log.info("study %s already has %d finished trial(s): nothing to run", folder.name, total - remaining)
+    else:
         log.info("study %s: %d trial(s) to run (%d done), %s sampler, %s pruner", folder.name, remaining,
                  total - remaining, sampler, pruner)
         training_log = logging.getLogger("imgclf.training")
@@ -110,11 +119,36 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
             training_log.setLevel(logging.WARNING)  # one line per trial, not one per epoch (-v shows them)
         try:
             study_obj.optimize(_objective(config, searched, fixed, folder, progress), n_trials=remaining,
-                               timeout=timeout, catch=(ImgclfError,),
+                               timeout=timeout, catch=(ImgclfError, torch.cuda.OutOfMemoryError),
                                callbacks=[optuna.study.MaxTrialsCallback(total, states=done), _report])
         finally:
             training_log.setLevel(level)
     return _write_results(study_obj, config, searched, fixed, folder)
+
+
+def _check_values(config: Config, searched: dict, fixed: dict) -> None:
+    """Every choice and range bound makes a valid config (so a typo fails now, not in every trial)."""
+    for key, spec in searched.items():
+        values = spec if isinstance(spec, list) else [spec["low"], spec["high"]]
+        for value in values:
+            with_overrides(config, {**fixed, key: value})
+        if isinstance(spec, dict) and spec.get("log") and _number(spec["low"]) <= 0:
+            raise ImgclfError(f"search space key {key}: a log range needs low > 0, got {spec['low']}.")
+        if isinstance(spec, dict) and spec.get("log") and spec.get("step"):
+            raise ImgclfError(f"search space key {key}: a range is either log or stepped, not both.")
+
+
+def _same_study(study, config: Config, space: dict, folder: Path) -> None:
+    """A resumed study must be the same search: same space, metric, dataset and base model."""
+    identity = {"space": json.loads(json.dumps(space)), "monitor": config.train.monitor,
+                "dataset": config.data.dataset, "model": config.model.name}
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+    elif stored != identity:
+        changed = ", ".join(k for k in identity if stored.get(k) != identity[k])
+        raise ImgclfError(f"study {folder.name} in this storage was started with a different {changed}; use "
+                          "another --study name (or --out) for a new search.")
 
 
 def _storage(url: str | None, folder: Path):
@@ -131,6 +165,9 @@ def _storage(url: str | None, folder: Path):
                     url or f"sqlite:///{folder.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
                     engine_kwargs={"connect_args": {"timeout": 60}} if not url else None,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except ImportError as err:  # e.g. postgresql:// without its driver
+            raise ImgclfError(f"the storage {url} needs a database driver that is not installed ({err}); "
+                              "install it (e.g. pip install psycopg2-binary) or use the default SQLite.") from err
         except SQLAlchemyError as err:
             if attempt == 2:
                 raise ImgclfError(f"cannot open the study storage: {first_line(err)}") from err
@@ -146,11 +183,13 @@ def _sampler(optuna, name: str, searched: dict, seed: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
 
 
-def _pruner(optuna, name: str, config: Config):
+def _pruner(optuna, name: str, config: Config, space: dict):
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, math.ceil(config.train.epochs)))
+        epochs = space.get("train.epochs", config.train.epochs)  # the most any trial may train
+        most = max(epochs) if isinstance(epochs, list) else epochs["high"] if isinstance(epochs, dict) else epochs
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, math.ceil(most)))
     return optuna.pruners.NopPruner()
 
 
@@ -172,8 +211,15 @@ def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progre
             return trial.should_prune()
 
         started = time.monotonic()
-        run = train(trial_config, progress=progress, on_epoch=report, test=False)
-        trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+        try:
+            run = train(trial_config, progress=progress, on_epoch=report, test=False)
+        except (ImgclfError, torch.cuda.OutOfMemoryError) as err:
+            trial.set_user_attr("error", first_line(err))
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+        if run.summary["stopped"] == "interrupted":  # Ctrl-C or SIGTERM: stop the search, not just this trial
+            raise KeyboardInterrupt
         if run.summary["stopped"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {run.history[-1]['epoch']}")
         return run.summary["best"]["value"]
@@ -182,8 +228,12 @@ def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progre
 
 
 def _report(study, trial) -> None:
-    """One log line per finished trial, with the best so far."""
-    best = study.best_trial if any(t.value is not None for t in study.trials) else None
+    """One log line per finished trial, with the best so far (or why it failed)."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = study.best_trial if complete else None
+    if trial.state.name == "FAIL":
+        log.warning("trial %d failed: %s %s", trial.number, trial.user_attrs.get("error", "see -v"), trial.params)
+        return
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     log.info("trial %d %s: %s (%.1fs) %s | best %s (trial %d)", trial.number, trial.state.name.lower(), value,
              trial.user_attrs.get("seconds", 0), trial.params,
@@ -196,20 +246,31 @@ def _write_results(study, config: Config, searched: dict, fixed: dict, folder: P
     _write_trials(folder / "trials.csv", study.trials, list(searched))
     complete = [t for t in finished if t.state.name == "COMPLETE"]
     if not complete:
-        raise ImgclfError(f"no trial of {folder} completed (all failed or were pruned); see the log above.")
+        errors = {t.user_attrs["error"] for t in study.trials if "error" in t.user_attrs}
+        raise ImgclfError(f"no trial of {folder} completed (all failed or were pruned)"
+                          + (f"; errors: {'; '.join(sorted(errors))[:500]}" if errors else "") + ".")
     best = study.best_trial
     best_config = with_overrides(config, {**fixed, **best.params, "name": None, "out": config.out})
     atomic_write(folder / "best.yaml", lambda tmp: best_config.save(tmp))
-    table = [{"parameter": key, "values tested": sorted({t.params[key] for t in finished if key in t.params}),
-              "best": best.params.get(key)} for key in searched]
-    result = {"study": str(folder), "trials": len(finished), "complete": len(complete),
+    table = [{"parameter": key, "best": best.params.get(key),
+              "values tested": sorted({t.params[key] for t in finished if key in t.params}, key=_order)}
+             for key in searched]
+    failed = sum(t.state.name == "FAIL" for t in study.trials)
+    result = {"study": str(folder), "trials": len(finished), "complete": len(complete), "failed": failed,
               "pruned": len(finished) - len(complete), "best": {"trial": best.number, "value": best.value,
                                                                  "metric": config.train.monitor,
                                                                  "params": best.params, "run": best.user_attrs["run"]},
               "table": table, "train_seconds": round(sum(t.user_attrs.get("seconds", 0) for t in finished), 1),
-              "test": _test_best(best.user_attrs["run"]), "plots": _plots(study, folder)}
+              "test": _test_best(best.user_attrs["run"]) if Path(best.user_attrs["run"]).is_dir() else None,
+              "plots": _plots(study, folder)}
     atomic_write(folder / "tune.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return result
+
+
+def _order(value: object) -> tuple:
+    """Sort key for tested values: numbers in order, then anything else (null, names) by its text."""
+    number = isinstance(value, int | float)
+    return (not number, value if number else repr(value))
 
 
 def _write_trials(path: Path, trials: list, keys: list[str]) -> None:
