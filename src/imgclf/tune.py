@@ -91,10 +91,10 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
                           f"{', '.join(PRUNERS)}; got {sampler} and {pruner}.")
     if not config.data.val_fraction and config.data.folds is None:
         raise ImgclfError("tuning selects on the validation split; set data.val_fraction above 0 (e.g. 0.1).")
-    folder = Path(config.out) / (study or config.name or f"tune-{config.model.name}")
-    folder.mkdir(parents=True, exist_ok=True)
     searched = {k: v for k, v in space.items() if isinstance(v, list | dict)}
     fixed = {k: v for k, v in space.items() if k not in searched}
+    folder = Path(config.out) / (study or config.name or f"tune-{fixed.get('model.name', config.model.name)}")
+    folder.mkdir(parents=True, exist_ok=True)
     _check_values(config, searched, fixed)
     if sampler == "grid" and any(isinstance(v, dict) for v in searched.values()):
         raise ImgclfError("the grid sampler needs a list of values for every searched key, not ranges.")
