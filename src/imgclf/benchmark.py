@@ -3,17 +3,16 @@ latency, throughput, and the share of the machine's measured matmul peak it reac
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from imgclf.evaluate.evaluation import eval_data, timings
+from imgclf.evaluate.evaluation import efficiency, eval_data
 from imgclf.export import export_run
-from imgclf.models import summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import load_model, preprocess_of, run_folder
 from imgclf.runtime import ExportedModel
@@ -38,26 +37,22 @@ def benchmark_formats(run: str | Path, *, data_dir: str | Path | None = None, ru
     """Every format of the run's model on its test split: PyTorch (plain and channels-last), TorchScript,
     ONNX Runtime fp32 and int8 (static). Exports go to a temporary folder, each parity-checked."""
     model, meta = load_model(run)
-    folder, pre = run_folder(run), preprocess_of(meta)
+    folder = run_folder(run)
     test = eval_data(folder, meta, data_dir=data_dir, split="test")
-    flops = 2 * summarize(model, (pre.channels, *pre.size)).macs
     peak = peak_flops()
-    weights = folder / "model.safetensors"
-    contenders = {"pytorch": (model, weights),
-                  "pytorch channels_last": (_ChannelsLast(load_model(run)[0]).eval(), weights)}
+    contenders = {"pytorch": model, "pytorch channels_last": _ChannelsLast(copy.deepcopy(model)).eval()}
     with tempfile.TemporaryDirectory() as scratch:
         for name, fmt, quantize in (("torchscript", "torchscript", None), ("onnxruntime fp32", "onnx", None),
                                     ("onnxruntime int8", "onnx", "int8")):
             log.info("exporting to %s", name)
             path, _ = export_run(run, fmt, quantize=quantize, out=scratch, data_dir=data_dir)
-            contenders[name] = (ExportedModel(path), path)
-        rows = [_measure(name, runner, file, pre, test, flops, peak, runs, batch)
-                for name, (runner, file) in contenders.items()]
+            contenders[name] = ExportedModel(path)
+        rows = [_measure(name, runner, meta, folder, test, peak, runs, batch) for name, runner in contenders.items()]
     base = rows[0]["images_per_second"]
     for row in rows:
         row["speedup"] = row["images_per_second"] / base
     return {"run": str(folder), "model": meta["architecture"]["name"], "images": len(test.targets),
-            "flops_per_image": flops, "peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
+            "flops_per_image": rows[0]["flops"], "peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
             "batch": batch, "rows": rows}
 
 
@@ -72,16 +67,14 @@ class _ChannelsLast(torch.nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-def _measure(name: str, runner, file: Path, pre, test, flops: int, peak: float, runs: int, batch: int) -> dict:
+def _measure(name: str, runner, meta: dict, folder: Path, test, peak: float, runs: int, batch: int) -> dict:
     """One row: file size, test accuracy, latency at batch 1, throughput at `batch`, share of peak."""
     log.info("timing %s", name)
+    cpu = torch.device("cpu")
     with torch.inference_mode():
-        logits = predict_logits(runner, test.split, pre, torch.device("cpu"))
-    example = pre(test.split[0][0].unsqueeze(0))
-    single = timings(runner, example, runs)
-    many = timings(runner, example.expand(batch, -1, -1, -1).contiguous(), max(5, runs // 10))
-    throughput = batch / np.median(many) * 1000
-    return {"format": name, "file_mb": round(file.stat().st_size / 2**20, 3),
-            "accuracy": float((logits.argmax(1) == test.targets).mean()),
-            "p50_ms": float(np.percentile(single, 50)), "p99_ms": float(np.percentile(single, 99)),
-            "images_per_second": float(throughput), "peak_fraction": float(flops * throughput / peak)}
+        logits = predict_logits(runner, test.split, preprocess_of(meta), cpu)
+    speed = efficiency(runner, meta, folder, test.split, cpu, runs, batch)
+    throughput = speed["throughput"]["images_per_second"]
+    return {"format": name, "file_mb": speed["file_mb"], "accuracy": float((logits.argmax(1) == test.targets).mean()),
+            "p50_ms": speed["latency_ms"]["p50"], "p99_ms": speed["latency_ms"]["p99"], "flops": speed["flops"],
+            "images_per_second": throughput, "peak_fraction": speed["flops"] * throughput / peak}

@@ -100,9 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "lr-find", parents=[logs], help="learning-rate range test: plot and suggested lr",
         description="Train briefly with an exponentially rising learning rate and suggest one. Takes the "
                     "same --config, --dataset, --model and --section.key options as train.")
-    finder.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
-    for flag in ("dataset", "model", "data-dir", "device"):
-        finder.add_argument(f"--{flag}", help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    _config_options(finder, ("dataset", "model", "data-dir", "device"))
     finder.add_argument("--steps", type=_positive, default=100, help="steps of the sweep (default 100)")
     finder.add_argument("--start", type=float, default=1e-6, help="first learning rate (default 1e-6)")
     finder.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
@@ -113,10 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "tune", parents=[logs], help="hyperparameter search (Optuna): grid, random or TPE, with pruning",
         description="Search a space of config values; every trial is a run directory selected on validation. "
                     "Takes the same options as train for the base config.")
-    tune.add_argument("--config", type=Path, help="the base YAML recipe (see configs/)")
-    for flag in ("dataset", "model", "data-dir", "epochs", "device", "out"):
-        tune.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
-                          help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    _config_options(tune, ("dataset", "model", "data-dir", "epochs", "device", "out"))
     tune.add_argument("--space", default="paper", help="'paper' (Table III) or a YAML file of key: choices/ranges")
     tune.add_argument("--sampler", default="tpe", help="grid, random or tpe (default tpe)")
     tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
@@ -157,10 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         "cv", parents=[logs], help="k-fold cross-validation and/or several seeds of a training config",
         description="Train a config once per fold (stratified, on the training data) and seed; report each run "
                     "and the mean and standard deviation. Takes the same options as train.")
-    cv.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
-    for flag in ("dataset", "model", "data-dir", "epochs", "time", "device", "name", "out"):
-        cv.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
-                        help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+    _config_options(cv, ("dataset", "model", "data-dir", "epochs", "time", "device", "name", "out"))
     cv.add_argument("--folds", type=_positive, default=5, help="stratified folds (default 5; 1: the usual split)")
     cv.add_argument("--seeds", type=_positive, default=1, help="seeds per fold (default 1)")
     cv.set_defaults(run=_cv, overrides=True)
@@ -199,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     listing.set_defaults(run=_models_list)
     return parser
+
+
+def _config_options(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """--config and the given shortcut flags of train (see _SHORTCUTS), for commands built on a training config."""
+    parser.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+    for flag in flags:
+        parser.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
+                            help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
 
 
 def _shape(text: str) -> tuple[int, int, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 import warnings
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -22,7 +21,7 @@ from torch import nn
 from imgclf import __version__
 from imgclf.data import Preprocess, Split, batches
 from imgclf.errors import ImgclfError, first_line
-from imgclf.evaluate.evaluation import eval_data
+from imgclf.evaluate.evaluation import eval_data, timings
 from imgclf.evaluate.metrics import softmax
 from imgclf.models import Classifier
 from imgclf.predict import predict_logits
@@ -191,12 +190,8 @@ def _int8_report(fp32: Path, int8: Path, split: Split, targets: np.ndarray, prep
         runner = ExportedModel(path)
         accuracy = float((predict_logits(runner, split, preprocess, torch.device("cpu")).argmax(1) == targets).mean())
         batch = _images(split, preprocess, min(256, len(split)))
-        runner(batch)  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            runner(batch)
         result[name] = {"accuracy": accuracy, "mb": round(path.stat().st_size / 2**20, 3),
-                        "images_per_second": 3 * len(batch) / (time.perf_counter() - start)}
+                        "images_per_second": len(batch) / np.median(timings(runner, batch, 3)) * 1000}
     result["accuracy_change"] = result["int8"]["accuracy"] - result["fp32"]["accuracy"]
     log.info("int8: test accuracy %.4f -> %.4f, %.2f MiB -> %.2f MiB", result["fp32"]["accuracy"],
              result["int8"]["accuracy"], result["fp32"]["mb"], result["int8"]["mb"])

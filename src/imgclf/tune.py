@@ -287,21 +287,17 @@ def _write_trials(path: Path, trials: list, keys: list[str]) -> None:
 def _test_best(run: str) -> dict:
     """The best trial's saved model on the test split: the one time the search touches the test set
     (`imgclf evaluate` on that run gives the full report)."""
-    import numpy as np
-
     from imgclf.device import pick_device
     from imgclf.evaluate.evaluation import eval_data
-    from imgclf.evaluate.metrics import confusion, macro, per_class
-    from imgclf.evaluate.stats import accuracy_and_f1_ci
+    from imgclf.evaluate.stats import scores
     from imgclf.predict import predict_logits
     from imgclf.rundir import load_model, preprocess_of
 
     model, meta = load_model(run)
     data, device = eval_data(Path(run), meta), pick_device("auto")
     predicted = predict_logits(model.to(device), data.split, preprocess_of(meta), device).argmax(axis=1)
-    cm = confusion(data.targets, predicted, len(meta["classes"]))
-    return {"accuracy": float(np.mean(predicted == data.targets)), "macro_f1": macro(per_class(cm)["f1"], cm),
-            "accuracy_ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]))["accuracy"]}
+    result = scores(data.targets, predicted, len(meta["classes"]))
+    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "accuracy_ci": result["ci"]["accuracy"]}
 
 
 def _plots(study, folder: Path) -> list[str]:

@@ -13,7 +13,7 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.evaluation import device_for, efficiency, eval_data, fingerprint, training_record
 from imgclf.evaluate.report import figure, interval, p_value, page, table
-from imgclf.evaluate.stats import accuracy_and_f1_ci, mcnemar
+from imgclf.evaluate.stats import mcnemar, scores
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import open_model
@@ -47,8 +47,9 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
         model, meta = open_model(run)
         folder, target = run_folder(run), device_for(model, device)
         data = eval_data(folder, meta, source, data_dir, split)
-        first = first or (fingerprint(data.split), meta["classes"], data)
-        if meta["classes"] != first[1] or fingerprint(data.split) != first[0]:
+        digest = fingerprint(data.split)
+        first = first or (digest, meta["classes"], data)
+        if meta["classes"] != first[1] or digest != first[0]:
             raise ImgclfError(f"{folder} does not share the classes and {split} images of {runs[0]} (a different "
                               "dataset, data folder or split seed); compare runs trained on the same data, or pass "
                               "--dataset/--data to score all on one set.")
@@ -57,13 +58,11 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
                                 meta.get("temperature", 1.0))
         predicted = probs.argmax(axis=1)
         outcomes.append(predicted == data.targets)
-        cm = metrics.confusion(data.targets, predicted, len(meta["classes"]))
         speed = efficiency(model, meta, folder, data.split, target, latency_runs)
         entries.append({
             "name": folder.name if Path(run).is_dir() else f"{folder.name}/{Path(run).name}", "run": str(run),
             "model": meta["architecture"]["name"],
-            "accuracy": float(outcomes[-1].mean()), "macro_f1": metrics.macro(metrics.per_class(cm)["f1"], cm),
-            "ci": accuracy_and_f1_ci(data.targets, predicted, len(meta["classes"]), resamples, seed),
+            **scores(data.targets, predicted, len(meta["classes"]), resamples, seed),
             "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
             "flops": speed["flops"], "latency_ms": speed["latency_ms"], "throughput": speed["throughput"],
             "train_seconds": training_record(folder)["summary"].get("train_seconds")})

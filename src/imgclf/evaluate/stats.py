@@ -32,6 +32,14 @@ def accuracy_and_f1_ci(targets: np.ndarray, predicted: np.ndarray, num_classes: 
             "macro_f1": bootstrap_ci(macro_f1, len(targets), resamples, seed)}
 
 
+def scores(targets: np.ndarray, predicted: np.ndarray, num_classes: int, resamples: int = 1000,
+           seed: int = 0) -> dict:
+    """Accuracy and macro-F1 of predicted labels, with their 95% bootstrap intervals under 'ci'."""
+    cm = confusion(targets, predicted, num_classes)
+    return {"accuracy": float((predicted == targets).mean()), "macro_f1": macro(per_class(cm)["f1"], cm),
+            "ci": accuracy_and_f1_ci(targets, predicted, num_classes, resamples, seed)}
+
+
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """McNemar's exact test on paired right/wrong outcomes of two models over the same samples.
 
