@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument("--device", help="auto, cpu, cuda, mps (train.device)")
     training.add_argument("--name", help="run directory name (default: <model>-<dataset>-<time>)")
     training.add_argument("--out", help="parent folder of run directories (default runs)")
+    training.add_argument("--adversarial", choices=["none", "fgsm", "pgd"],
+                          help="adversarial training: fit on attacked images (train.adversarial)")
+    training.add_argument("--eps", type=float, help="adversarial training budget, L-inf in [0, 1] pixels (train.eps)")
+    training.add_argument("--noise", type=float, help="noise augmentation: gaussian std up to this (data.noise)")
     training.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly where it stopped")
     training.set_defaults(run=_train, overrides=True)
 
@@ -179,6 +183,40 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=_positive, default=256, help="batch size for throughput (default 256)")
     bench.set_defaults(run=_benchmark)
 
+    explain = commands.add_parser("explain", parents=[logs], help="Grad-CAM, saliency or integrated gradients "
+                                                                  "drawn over images")
+    explain.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
+    explain.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    explain.add_argument("--method", default="gradcam",
+                         help="gradcam, saliency, integrated-gradients, a comma list, or all (default gradcam)")
+    explain.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted one)")
+    explain.add_argument("--layer", help="Grad-CAM layer (default: the model's target layer; see imgclf summary)")
+    explain.add_argument("--out", type=Path, help="folder for the overlays (default RUN/explanations)")
+    explain.set_defaults(run=_explain)
+
+    robust = commands.add_parser("robustness", parents=[logs],
+                                 help="accuracy under corruptions at 5 severities and under FGSM/PGD attacks")
+    robust.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory (exported file: corruptions only)")
+    robust.add_argument("--corruptions", default="all",
+                        help="all (default), none, or a comma list of: gaussian_noise, shot_noise, impulse_noise, "
+                             "gaussian_blur, motion_blur, contrast, brightness, rotation, translation, scale, shear, "
+                             "elastic, pixelate, jpeg, occlusion")
+    robust.add_argument("--attacks", default="fgsm,pgd", help="fgsm, pgd, both (default) or none")
+    robust.add_argument("--eps", type=_number_list, default=(0.05, 0.1, 0.2, 0.3),
+                        help="L-inf budgets in [0, 1] pixel units (default 0.05,0.1,0.2,0.3)")
+    robust.add_argument("--steps", type=_positive, default=40, help="PGD steps (default 40)")
+    robust.add_argument("--step-size", type=float, help="PGD step size (default 2.5 x eps / steps)")
+    robust.add_argument("--no-random-start", dest="random_start", action="store_false",
+                        help="start PGD at the image instead of a random point of the eps ball")
+    robust.add_argument("--limit", type=_positive, default=2000,
+                        help="score a seeded random sample of this many test images (default 2000)")
+    robust.add_argument("--all-images", dest="limit", action="store_const", const=None, help="score every test image")
+    robust.add_argument("--seed", type=int, default=0, help="seed of the sample, corruptions and PGD starts")
+    robust.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
+    robust.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    robust.add_argument("--out", type=Path, help="folder for robustness.json and .html (default: the run)")
+    robust.set_defaults(run=_robustness)
+
     predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
@@ -199,6 +237,20 @@ def _config_options(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> 
     for flag in flags:
         parser.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
                             help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
+
+
+def _number_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.1,0.3, got {text!r}") from None
+
+
+def _names(text: str, every: list[str] | tuple[str, ...]) -> list[str]:
+    """'all', 'none' or a comma list of names."""
+    if text == "all":
+        return list(every)
+    return [] if text == "none" else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -224,7 +276,8 @@ def _yaml_value(text: str) -> object:
 
 
 _SHORTCUTS = {"dataset": "data.dataset", "model": "model.name", "data_dir": "data.data_dir",
-              "epochs": "train.epochs", "time": "train.time", "device": "train.device", "name": "name", "out": "out"}
+              "epochs": "train.epochs", "time": "train.time", "device": "train.device", "name": "name", "out": "out",
+              "adversarial": "train.adversarial", "eps": "train.eps", "noise": "data.noise"}
 
 
 def _dotted(tokens: list[str]) -> dict[str, object]:
@@ -386,6 +439,39 @@ def _cv(args: argparse.Namespace) -> None:
     print("mean +/- std (sample): " + ", ".join(
         f"{m} {result['summary'][m]['mean']:.4f} +/- {result['summary'][m]['std']:.4f}" for m in shown))
     print(f"results: {path}")
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from imgclf.explain import METHODS, explain_files
+
+    records, grid = explain_files(args.run_dir, args.images, tuple(_names(args.method, METHODS)), target=args.target,
+                            layer=args.layer, out=args.out)
+    for r in records:
+        why = "" if r["explained"] == r["predicted"] else f", explaining {r['explained']}"
+        print(f"{r['image']}: {r['predicted']} ({r['probability']:.3f}){why} -> "
+              + ", ".join(str(path) for path in r["overlays"].values()))
+    print(f"all together: {grid}")
+
+
+def _robustness(args: argparse.Namespace) -> None:
+    from imgclf.attacks import ATTACKS
+    from imgclf.robustness import CORRUPTIONS, robustness
+
+    r, html = robustness(args.run_dir, corruptions=_names(args.corruptions, list(CORRUPTIONS)),
+                         attack_names=tuple(_names(args.attacks, ATTACKS)), eps=args.eps, steps=args.steps,
+                         step_size=args.step_size, random_start=args.random_start, limit=args.limit, seed=args.seed,
+                         data_dir=args.data_dir, device=args.device, out=args.out, progress=not args.quiet)
+    print(f"{r['model']} on {r['images']:,} {r['dataset']} test images: clean accuracy {r['clean_accuracy']:.4f}")
+    if r["corruptions"]:
+        print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, 6)) + f"{'mean':>8}")
+        for name, c in r["corruptions"].items():
+            print(f"{name:<16}" + "".join(f"{a:>8.4f}" for a in c["accuracy"]) + f"{c['mean_accuracy']:>8.4f}")
+        print(f"mean corruption accuracy {r['mean_corruption_accuracy']:.4f} "
+              f"(relative degradation {r['relative_degradation']:.1%})")
+    for name, a in r["attacks"].items():
+        if name != "settings":
+            print(f"{name} accuracy: " + ", ".join(f"eps {e}: {v:.4f}" for e, v in a["accuracy_by_eps"].items()))
+    print(f"report: {html} (numbers in {html.with_suffix('.json')})")
 
 
 def _export(args: argparse.Namespace) -> None:

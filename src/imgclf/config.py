@@ -24,6 +24,7 @@ class DataConfig:
     fold: int = 0
     subset: int | None = None  # train on the first N training images only (quick runs)
     augment: str = "auto"  # none, digits, photos, or auto (digits for digit datasets, photos otherwise)
+    noise: float = 0.0  # noise augmentation on top: gaussian noise with a std drawn per image from [0, noise]
     image_size: int | None = None  # default: the model's own input size
     channels: int | None = None  # default: the model's
     num_workers: int = 2  # DataLoader workers for image folders
@@ -68,6 +69,9 @@ class TrainConfig:
     channels_last: bool = False
     device: str = "auto"  # auto (cuda, mps, cpu), or one of them
     nonfinite: str = "stop"  # a NaN/inf loss: stop, or skip the step
+    adversarial: str = "none"  # none, fgsm (random start, 1.25 eps step) or pgd: train on attacked images
+    eps: float = 0.3  # adversarial training: L-inf budget in pixel units (images scaled to [0, 1])
+    attack_steps: int = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
     seed: int = 0
 
 

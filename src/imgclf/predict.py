@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from imgclf.data import Preprocess, Split, batches
-from imgclf.data.transforms import UNREADABLE, image_to_tensor
-from imgclf.errors import ImgclfError
+from imgclf.data.transforms import read_image
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 
@@ -35,13 +33,7 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3) -> list[list
     an exported model file."""
     model, meta = open_model(run)
     preprocess = preprocess_of(meta)
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(preprocess(image_to_tensor(image).unsqueeze(0)))
-        except UNREADABLE as err:
-            raise ImgclfError(f"cannot read image {path}: {err}.") from err
+    images = [preprocess(read_image(path).unsqueeze(0)) for path in paths]
     with torch.no_grad():
         # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
         probs = torch.softmax(model(torch.cat(images)).float() / meta.get("temperature", 1.0), dim=1)

@@ -111,14 +111,23 @@ def test_erasing_blanks_one_rectangle():
     assert torch.equal(zero.sum(dim=(1, 2, 3)), rows.sum(dim=(1, 2)) * cols.sum(dim=(1, 2)))
 
 
+def test_noise_has_its_own_strength_per_image_and_follows_the_generator():
+    x = torch.full((200, 1, 16, 16), 0.5)
+    out = Augment(noise=0.3)(x, torch.Generator().manual_seed(5))
+    assert torch.equal(out, Augment(noise=0.3)(x, torch.Generator().manual_seed(5)))
+    spread = (out - x).std(dim=(1, 2, 3))  # each image's noise std, drawn from [0, 0.3]
+    assert float(spread.min()) < 0.03 and 0.25 < float(spread.max()) <= 0.33
+    assert abs(float(spread.mean()) - 0.15) < 0.02
+
+
 @settings(max_examples=25, deadline=None)
 @given(rotate=st.floats(0, 45), scale=st.tuples(st.floats(0.5, 1), st.floats(1, 1.5)), translate=st.floats(0, 0.3),
        shear=st.floats(0, 30), crop=st.floats(0, 0.3), hflip=st.booleans(), brightness=st.floats(0, 0.9),
-       contrast=st.floats(0, 0.9), erase=st.floats(0, 1), height=st.integers(1, 24), width=st.integers(1, 24),
+       contrast=st.floats(0, 0.9), erase=st.floats(0, 1), noise=st.floats(0, 1), height=st.integers(1, 24), width=st.integers(1, 24),
        channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**31))
 def test_any_augment_keeps_shape_and_range(rotate, scale, translate, shear, crop, hflip, brightness, contrast,
-                                          erase, height, width, channels, seed):
-    augment = Augment(rotate, scale, translate, shear, crop, hflip, brightness, contrast, erase)
+                                          erase, noise, height, width, channels, seed):
+    augment = Augment(rotate, scale, translate, shear, crop, hflip, brightness, contrast, erase, noise)
     x = _batch(n=5, size=(height, width), channels=channels, seed=seed % 1000)
     out = augment(x, torch.Generator().manual_seed(seed))
     assert out.shape == x.shape and bool(torch.isfinite(out).all())

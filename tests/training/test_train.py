@@ -8,11 +8,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from imgclf.attacks import pgd
 from imgclf.cli import main
 from imgclf.config import Config, load_config
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
-from imgclf.rundir import load_model
+from imgclf.rundir import load_model, preprocess_of
 from imgclf.training import TrainingError, parse_duration, train
 from imgclf.training.optim import make_optimizer, make_schedule
 
@@ -302,3 +303,37 @@ def test_settings_are_checked_before_anything_is_written(tmp_path, mnist_dir):
 def test_weight_averaging_warms_up_on_short_runs(tmp_path, mnist_dir):
     run = train(_config(tmp_path, mnist_dir, **{"train.ema": 0.999}), progress=False)  # only 28 steps
     assert run.history[-1]["val_acc"] > 0.8  # a plain 0.999 average would still be mostly the random init
+
+
+def test_adversarial_training_resumes_exactly_and_resists_the_attack_it_trained_on(tmp_path, mnist_dir, mnist):
+    """PGD training (Madry et al. 2018) with noise augmentation on top: its random starts and noise come from the
+    run's saved generator, so a cut run resumes to the same weights; and it beats standard training under PGD."""
+    overrides = {"train.adversarial": "pgd", "train.eps": 0.1, "train.attack_steps": 3, "data.noise": 0.2,
+                 "train.epochs": 2}
+    whole = train(_config(tmp_path, mnist_dir, name="adv", **overrides), progress=False)
+    cut = train(_config(tmp_path, mnist_dir, name="cut", **overrides), progress=False, max_steps=7)
+    resumed = train(resume=cut.path, progress=False)
+    a, b = load_file(whole.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    standard = train(_config(tmp_path, mnist_dir, name="standard", **{"train.epochs": 2}), progress=False)
+    x, y = mnist.splits["test"].images[:500].float() / 255, mnist.splits["test"].labels[:500]
+
+    def attacked_accuracy(path) -> float:
+        model, meta = load_model(path)
+        pre = preprocess_of(meta)
+        adv = pgd(lambda p: model(pre.normalize(p)), x, y, 0.1, steps=10, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return float((model(pre.normalize(adv)).argmax(1) == y).float().mean())
+
+    robust, plain = attacked_accuracy(whole.path), attacked_accuracy(standard.path)
+    assert robust > plain + 0.2, (robust, plain)
+
+
+def test_adversarial_and_noise_settings_are_checked(tmp_path, mnist_dir):
+    for key, value, message in [("train.adversarial", "cw", "train.adversarial must be none, fgsm or pgd: 'cw'"),
+                                ("train.eps", 0.0, r"train.eps is in pixel units .* got 0.0"),
+                                ("train.attack_steps", 0, "train.attack_steps must be at least 1"),
+                                ("data.noise", -0.1, "data.noise must be 0 or more")]:
+        with pytest.raises(ImgclfError, match=message):
+            train(_config(tmp_path, mnist_dir, **{key: value}), progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,17 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
         return torch.from_numpy(np.round(values.clip(0, top) * (255 / top)).astype(np.uint8)).unsqueeze(0)
     array = np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
     return torch.from_numpy(array.copy()).view(*array.shape[:2], -1).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 (C, H, W) (see image_to_tensor), or an error naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image_to_tensor(image)
+    except FileNotFoundError:
+        raise DataError(f"there is no image {path}.") from None
+    except UNREADABLE as err:
+        raise DataError(f"cannot read image {path}: {err}.") from err
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -78,6 +90,12 @@ class Preprocess:
         std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
         return (images - mean) / std
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """standardized -> float in [0, 1] (the inverse of normalize)."""
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x * std + mean
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images of any size -> the float tensor the model takes."""
         return self.normalize(self.prepare(images).float() / 255)
@@ -112,6 +130,7 @@ class Augment:
     brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
     contrast: float = 0.0  # factor drawn from [1 - c, 1 + c]
     erase: float = 0.0  # probability of erasing a random rectangle
+    noise: float = 0.0  # additive gaussian noise, its std drawn per sample from [0, noise]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W), each sample transformed on its own."""
@@ -129,28 +148,20 @@ class Augment:
             x = (x - mean) * (1 + self.contrast * (2 * rand(len(x), 1, 1, 1) - 1)) + mean
         if self.erase:
             x = x.masked_fill(self._erase_mask(x, rand), 0.0)
+        if self.noise:
+            x = x + self.noise * rand(len(x), 1, 1, 1) * torch.randn(x.shape, generator=generator).to(x.device)
         return x.clamp(0, 1)
 
     def _affine(self, x: torch.Tensor, rand) -> torch.Tensor:
         b, _, h, w = x.shape
-        angle = math.radians(self.rotate) * (2 * rand(b) - 1)
-        shear = math.radians(self.shear) * (2 * rand(b) - 1)
-        lo, hi = self.scale
-        scale = lo + (hi - lo) * rand(b)
-        cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
-        # Linear part in pixel units (rotation after shear, divided by scale: this maps output
-        # to input coordinates), then rescaled to grid_sample's [-1, 1] units: D^-1 A D, D = diag(w, h).
-        a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) / scale.view(b, 1, 1)
-        d = torch.tensor([w, h], dtype=x.dtype, device=x.device)
-        a = a * d.view(1, 1, 2) / d.view(1, 2, 1)
+        lo, hi = self.scale  # drawn in this order: angle, shear, scale, shift, crop
+        angle, shear, scale = self.rotate * (2 * rand(b) - 1), self.shear * (2 * rand(b) - 1), lo + (hi - lo) * rand(b)
         shift = self.translate * 2 * (2 * rand(b, 2) - 1)  # up to `translate` of the size, in [-1, 1] units
         if self.crop:
             pad = torch.tensor([round(self.crop * w), round(self.crop * h)], device=x.device)
             pixels = torch.floor(rand(b, 2) * (2 * pad + 1)) - pad  # whole pixels, so no interpolation blur
-            shift = shift + 2 * pixels / d
-        theta = torch.cat([a, shift.view(b, 2, 1)], dim=2)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            shift = shift + 2 * pixels / torch.tensor([w, h], device=x.device)
+        return affine(x, angle, scale, shift, shear)
 
     def _erase_mask(self, x: torch.Tensor, rand) -> torch.Tensor:
         """(B, 1, H, W) bool: one rectangle of 2-33% of the area, aspect 0.3-3.3, per chosen sample."""
@@ -165,6 +176,23 @@ class Augment:
         inside = ((ys >= top.view(b, 1, 1)) & (ys < (top + eh).view(b, 1, 1))
                   & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1)))
         return (inside & (rand(b) < self.erase).view(b, 1, 1)).unsqueeze(1)
+
+
+def affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+           shear: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W), sample i rotated by angle[i] and sheared by shear[i] degrees, scaled by
+    scale[i] and shifted by shift[i] = (x, y) in [-1, 1] units (1: half the size), zeros filling the border."""
+    b, _, h, w = x.shape
+    angle, shear = torch.deg2rad(angle.to(x)), torch.deg2rad(shear.to(x))
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    # Linear part in pixel units (rotation after shear, divided by scale: this maps output
+    # to input coordinates), then rescaled to grid_sample's [-1, 1] units: D^-1 A D, D = diag(w, h).
+    a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) / scale.to(x).view(b, 1, 1)
+    d = torch.tensor([w, h], dtype=x.dtype, device=x.device)
+    a = a * d.view(1, 1, 2) / d.view(1, 2, 1)
+    theta = torch.cat([a, shift.to(x).view(b, 2, 1)], dim=2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 # Digits must not be flipped (a mirrored 2 is not a 2); photos may be.

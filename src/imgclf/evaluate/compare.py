@@ -11,7 +11,14 @@ import numpy as np
 
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
-from imgclf.evaluate.evaluation import device_for, efficiency, eval_data, fingerprint, training_record
+from imgclf.evaluate.evaluation import (
+    device_for,
+    efficiency,
+    eval_data,
+    fingerprint,
+    robustness_record,
+    training_record,
+)
 from imgclf.evaluate.report import figure, interval, p_value, page, table
 from imgclf.evaluate.stats import mcnemar, scores
 from imgclf.predict import predict_logits
@@ -65,7 +72,8 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
             **scores(data.targets, predicted, len(meta["classes"]), resamples, seed),
             "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
             "flops": speed["flops"], "latency_ms": speed["latency_ms"], "throughput": speed["throughput"],
-            "train_seconds": training_record(folder)["summary"].get("train_seconds")})
+            "train_seconds": training_record(folder)["summary"].get("train_seconds"),
+            "robustness": (robustness_record(folder, meta) or {}).get("headline")})
     best = int(np.argmax([e["accuracy"] for e in entries]))
     for entry, correct in zip(entries, outcomes, strict=True):
         entry["vs_best"] = None if entry is entries[best] else mcnemar(outcomes[best], correct)
@@ -90,8 +98,15 @@ def render_comparison(result: dict) -> str:
              f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f}",
              "best" if e["vs_best"] is None else f"{p_value(e['vs_best']['p_value'])} "
              f"({e['vs_best']['a_only']} vs {e['vs_best']['b_only']})"] for e in board]
-    leaderboard = table(["run", "model", "accuracy [95% CI]", "macro F1 [95% CI]", "ECE", "params", "FLOPs",
-                         "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"], rows)
+    headers = ["run", "model", "accuracy [95% CI]", "macro F1 [95% CI]", "ECE", "params", "FLOPs",
+               "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"]
+    if any(e["robustness"] for e in board):  # measured by imgclf robustness on some of the runs
+        headers += ["mean corruption accuracy", "PGD accuracy (eps)"]
+        for row, e in zip(rows, board, strict=True):
+            r = e["robustness"] or {}
+            row += [r.get("mean_corruption_accuracy"),
+                    None if r.get("pgd_accuracy") is None else f"{r['pgd_accuracy']:.4f} ({r['pgd_eps']})"]
+    leaderboard = table(headers, rows)
     plot = plots.accuracy_latency_plot(board)
     published = table(["model (published, not run here)", "test accuracy", "source"],
                       [[p["model"], p["accuracy"], p["source"]] for p in result["published"]])

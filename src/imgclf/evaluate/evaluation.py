@@ -180,6 +180,27 @@ def training_record(folder: Path) -> dict:
     return record
 
 
+def robustness_record(folder: Path, meta: dict) -> dict | None:
+    """The run's robustness.json (written by imgclf robustness) with a headline, if it measured these weights."""
+    path = folder / "robustness.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s is damaged and left out of the report; run imgclf robustness again", path)
+        return None
+    if report.get("sha256") != meta.get("sha256"):
+        log.warning("%s measured other weights than %s's and is left out; run imgclf robustness again", path, folder)
+        return None
+    pgd = report["attacks"].get("pgd", {}).get("accuracy_by_eps", {})
+    largest = max(pgd, key=float, default=None)
+    report["headline"] = {"mean_corruption_accuracy": report["mean_corruption_accuracy"],
+                          "pgd_eps": None if largest is None else float(largest),
+                          "pgd_accuracy": None if largest is None else pgd[largest]}
+    return report
+
+
 def _number(text: str | None) -> float | None:
     """A metrics.csv cell as a float; empty or non-finite cells as None (JSON has no NaN)."""
     try:
@@ -241,6 +262,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
         "efficiency": efficiency(model, meta, folder, data.split, target, latency_runs),
         "training": training_record(folder),
         "misclassified": _misclassified(probs, data.targets, classes),
+        "robustness": robustness_record(folder, meta),
         "notes": input_notes(data.split, pre),
     })
     figures = _figures(report, curves, uncalibrated, data, pre)
@@ -277,6 +299,8 @@ def _figures(report: dict, curves: dict, uncalibrated: dict, data: EvalData, pre
     }
     if history:
         figures["curves"] = plots.training_curves(history)
+    if report["robustness"]:
+        figures["robustness"] = plots.robustness_plot(report["robustness"])
     if report["misclassified"]:
         shown = report["misclassified"]
         images = [pre.prepare(data.split[m["index"]][0]).numpy() for m in shown]

@@ -113,8 +113,7 @@ def gallery(images: list[np.ndarray], titles: list[str], columns: int = 8) -> by
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):
-        picture = image.transpose(1, 2, 0)
-        ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+        _show(ax, image)
         ax.set_title(title, fontsize=7)
     return _png(fig)
 
@@ -129,6 +128,62 @@ def accuracy_latency_plot(leaderboard: list[dict]) -> bytes:
     ax.set(xscale="log", xlabel="latency at batch 1, median (ms, log scale)", ylabel="accuracy",
            title="accuracy vs latency (95% CI)")
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _show(ax, image: np.ndarray, heat: np.ndarray | None = None) -> None:
+    """A uint8 (C, H, W) image, in gray if it has one channel, with a (H, W) map in [0, 1] over it."""
+    picture = image.transpose(1, 2, 0)
+    ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=255)
+    if heat is not None:
+        ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    ax.axis("off")
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, title: str) -> bytes:
+    """An attribution map drawn over its image, with a colour bar."""
+    fig, ax = plt.subplots(figsize=(3.2, 3), dpi=100)
+    _show(ax, image, heat)
+    fig.colorbar(ax.images[-1], ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def explanation_grid(images: list[np.ndarray], maps: dict[str, np.ndarray], titles: list[str]) -> bytes:
+    """One row per image: the image, then its map by each method."""
+    fig, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.2 * (1 + len(maps)), 2.3 * len(images)),
+                             dpi=100, squeeze=False)
+    for row, (image, title) in enumerate(zip(images, titles, strict=True)):
+        _show(axes[row, 0], image)
+        axes[row, 0].set_title(title, fontsize=7)
+        for col, (method, heat) in enumerate(maps.items(), start=1):
+            _show(axes[row, col], image, heat[row])
+            axes[row, col].set_title(method, fontsize=7)
+    return _png(fig)
+
+
+def robustness_plot(report: dict) -> bytes:
+    """Accuracy against corruption severity (one line per corruption) and against attack eps (one per attack),
+    the clean accuracy at 0."""
+    attacked = {k: v["accuracy_by_eps"] for k, v in report["attacks"].items() if k != "settings"}
+    panels = [p for p in ("corruptions", "attacks") if (report["corruptions"] if p == "corruptions" else attacked)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.5), dpi=100, squeeze=False)
+    clean = report["clean_accuracy"]
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        if panel == "corruptions":
+            for i, (name, c) in enumerate(report["corruptions"].items()):  # 15 lines: 20 colours, 2 styles
+                ax.plot(range(len(c["accuracy"]) + 1), [clean, *c["accuracy"]], marker=".", label=name,
+                        color=plt.cm.tab20(i % 20), linestyle="-" if i % 2 == 0 else "--")
+            ax.set(xlabel="severity (0: clean)", title="corruptions")
+            ax.legend(fontsize=7, ncol=2)
+        else:
+            for name, accs in attacked.items():
+                eps = sorted(accs, key=float)
+                ax.plot([0.0, *map(float, eps)], [clean, *[accs[e] for e in eps]], marker="o", label=name)
+            ax.set(xlabel="eps (L-inf, pixels in [0, 1])", title="attacks")
+            ax.legend()
+        ax.set(ylabel="accuracy", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
     return _png(fig)
 
 

@@ -103,7 +103,33 @@ def render_report(r: dict, figures: dict[str, bytes]) -> str:
          + figure(figures.get("misclassified"), "misclassified images") if r["misclassified"] else ""),
         ("Efficiency", efficiency),
         ("Fairness", fairness),
+        ("Robustness", robustness_section(r["robustness"], figures.get("robustness")) if r["robustness"] else ""),
     ])
+
+
+def robustness_section(report: dict, png: bytes | None) -> str:
+    """The robustness tables and plots as an HTML fragment (its own page, or a section of a report)."""
+    note = (f"<p class='note'>{report['images']:,} {escape(report['dataset'])} test images (seed {report['seed']}); "
+            f"clean accuracy {report['clean_accuracy']:.4f}.</p>")
+    corruptions = report["corruptions"]
+    severities = max((len(c["accuracy"]) for c in corruptions.values()), default=0)
+    body = note
+    if corruptions:
+        body += table(["corruption", *[f"severity {s + 1}" for s in range(severities)], "mean",
+                       "relative degradation"],
+                      [[name, *c["accuracy"], c["mean_accuracy"], c["relative_degradation"]]
+                       for name, c in corruptions.items()]
+                      + [["all (mean corruption accuracy)", *[None] * severities, report["mean_corruption_accuracy"],
+                          report["relative_degradation"]]])
+    settings = report["attacks"]["settings"]
+    attacked = {k: v for k, v in report["attacks"].items() if k != "settings"}
+    if attacked:
+        eps = sorted({e for a in attacked.values() for e in a["accuracy_by_eps"]}, key=float)
+        body += (f"<p class='note'>Attacks: {escape(settings['norm'])}; PGD {settings['steps']} steps of "
+                 f"{escape(str(settings['step_size']))}, random start {settings['random_start']}.</p>"
+                 + table(["attack", *[f"eps {e}" for e in eps]],
+                         [[name, *[a["accuracy_by_eps"].get(e) for e in eps]] for name, a in attacked.items()]))
+    return body + figure(png, "accuracy by corruption severity and attack strength")
 
 
 def _num(value: float | None) -> str:

@@ -95,8 +95,10 @@ def mnist_fast(num_classes: int, in_channels: int, image_size: int, **_) -> Clas
         cin = cout
     modules["flatten"] = nn.Flatten()  # (B, 64, H/8, W/8) -> (B, 64 * H/8 * W/8)
     side = image_size // 8
+    # Grad-CAM on the 7x7 maps of stage 2: at 28x28 the last stage's 3x3 maps are too coarse to point at
+    # a stroke (measured on MNIST: 30% of act3's Grad-CAM mass on a 28% stroke area, 56% for act2)
     return Classifier(nn.Sequential(modules), 64 * side * side, num_classes,
-                      _scratch_input(image_size, in_channels), "body.act3")
+                      _scratch_input(image_size, in_channels), "body.act2")
 
 
 @register_model("mnist-best", default_size=28, min_size=8,
