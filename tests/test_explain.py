@@ -83,11 +83,15 @@ def test_explain_files_writes_overlays_and_a_grid(mnist_run, mnist, tmp_path):
         for path in r["overlays"].values():
             with Image.open(path) as overlay:
                 assert overlay.size[0] > 100 and np.asarray(overlay.convert("L")).std() > 10  # drawn, not blank
-    with Image.open(grid) as picture:
-        assert picture.size[0] > picture.size[1] / 3 * 2  # 3 rows of 4 panels
-    records, _ = explain_files(run, paths[:1], ("saliency",), target="3", out=tmp_path / "other")
-    assert records[0]["explained"] == "3" and records[0]["predicted"] == "7"
-    assert (tmp_path / "other" / "digit0-7.saliency.png").is_file()
+    with Image.open(grid) as picture:  # 3 rows of 4 panels, 2.2 x 2.3 inches each
+        assert picture.size[0] / picture.size[1] == pytest.approx((4 * 2.2) / (3 * 2.3), rel=0.02)
+    twin = tmp_path / "twin" / paths[0].name  # the same file name in another folder
+    twin.parent.mkdir()
+    shutil.copy(paths[1], twin)
+    records, _ = explain_files(run, [paths[0], twin], ("saliency",), target="3", out=tmp_path / "other")
+    assert [r["explained"] for r in records] == ["3", "3"] and records[0]["predicted"] == "7"
+    assert sorted(p.name for p in (tmp_path / "other").glob("digit0*")) == ["digit0-7-2.saliency.png",
+                                                                           "digit0-7.saliency.png"]
 
 
 def test_explain_errors(mnist_run, tmp_path, write_image):
@@ -96,6 +100,10 @@ def test_explain_errors(mnist_run, tmp_path, write_image):
         explain_files(mnist_run, [image], ("lime",), out=tmp_path)
     with pytest.raises(ImgclfError, match=r"--target 'cat' is not one of the model's classes \(0, 1"):
         explain_files(mnist_run, [image], target="cat", out=tmp_path)
+    with pytest.raises(ImgclfError, match=r"unknown explanation method \(none given\)"):
+        explain_files(mnist_run, [image], (), out=tmp_path)
+    with pytest.raises(ImgclfError, match="--layer picks the Grad-CAM layer; add gradcam"):
+        explain_files(mnist_run, [image], ("saliency",), layer="body.act1", out=tmp_path)
     with pytest.raises(ImgclfError, match=r"has no layer 'body.act'; did you mean body\.act"):
         explain_files(mnist_run, [image], layer="body.act", out=tmp_path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")

@@ -125,18 +125,28 @@ def test_robustness_errors_and_exported_models(run, tmp_path):
         robustness(run, eps=(8.0,))
     with pytest.raises(ImgclfError, match="--limit must be at least 1 image"):
         robustness(run, limit=0)
+    with pytest.raises(ImgclfError, match="no eps given for the attacks"):
+        robustness(run, eps=())
+    for size in (0.0, -0.01, float("nan")):
+        with pytest.raises(ImgclfError, match=r"the PGD step size must be in \(0, 1\]"):
+            robustness(run, step_size=size)
+    with pytest.raises(ImgclfError, match="the seed must be 0 or more"):
+        robustness(run, seed=-1)
     onnx, _ = export_run(run, "onnx", out=tmp_path)
     with pytest.raises(ImgclfError, match="attacks need the model's gradients"):
         robustness(onnx, limit=50)
-    report, _ = robustness(onnx, corruptions=["jpeg"], attack_names=(), limit=100, out=tmp_path)
     torch_report, _ = robustness(run, corruptions=["jpeg"], attack_names=(), limit=100, out=tmp_path / "torch")
+    report, html = robustness(onnx, corruptions=["jpeg"], attack_names=(), limit=100)
+    assert html == tmp_path / "robustness-model.onnx" / "robustness.html"  # beside the export, not the run's own
     assert report["corruptions"]["jpeg"]["accuracy"] == torch_report["corruptions"]["jpeg"]["accuracy"]
-    # a stale robustness.json (other weights) is left out of reports, not shown as this model's
+    # a stale (other weights) or damaged robustness.json is left out of reports, not shown as this model's
     meta = load_model(run)[1]
-    assert robustness_record(tmp_path, meta)["headline"]["mean_corruption_accuracy"] is not None
-    stale = json.loads((tmp_path / "robustness.json").read_text())
-    (tmp_path / "robustness.json").write_text(json.dumps({**stale, "sha256": "0" * 64}))
-    assert robustness_record(tmp_path, meta) is None
+    folder = tmp_path / "torch"
+    assert robustness_record(folder, meta)["headline"]["mean_corruption_accuracy"] is not None
+    saved = json.loads((folder / "robustness.json").read_text())
+    for damaged in ({**saved, "sha256": "0" * 64}, {**saved, "attacks": []}, ["not", "a", "report"]):
+        (folder / "robustness.json").write_text(json.dumps(damaged))
+        assert robustness_record(folder, meta) is None
 
 
 def test_cli_robustness(run, tmp_path, capsys):
@@ -145,5 +155,10 @@ def test_cli_robustness(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "clean accuracy" in out and "occlusion" in out and "pgd accuracy: eps 0.2:" in out
     assert (tmp_path / "robustness.html").is_file()
+    assert main(["robustness", str(run), "--corruptions", "none", "--attacks", "all", "--eps", "0.1", "--steps",
+                 "2", "--limit", "50", "--batch-size", "16", "--split", "test", "--out", str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "fgsm accuracy: eps 0.1:" in out and "pgd accuracy: eps 0.1:" in out
+    assert json.loads((tmp_path / "robustness.json").read_text())["attacks"]["settings"]["batch_size"] == 16
     assert main(["robustness", str(run), "--attacks", "deepfool", "--corruptions", "none"]) == 1
     assert "unknown attack deepfool" in capsys.readouterr().err

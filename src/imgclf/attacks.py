@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from imgclf.data.transforms import device_generator
 from imgclf.errors import ImgclfError
 
 ATTACKS = ("fgsm", "pgd")
@@ -38,7 +39,7 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     step_size = 2.5 * eps / steps if step_size is None else step_size
     adv = x.detach()
     if random_start:
-        noise = torch.rand(x.shape, generator=generator).to(x.device)  # drawn on the CPU: reproducible anywhere
+        noise = torch.rand(x.shape, generator=device_generator(generator, x.device), device=x.device)
         adv = (adv + eps * (2 * noise - 1)).clamp(0, 1)
     for _ in range(steps):
         adv = adv + step_size * _gradient_sign(forward, adv, y)
@@ -57,12 +58,16 @@ def attack(name: str, forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: f
     raise ImgclfError(f"unknown attack {name!r}; choose {' or '.join(ATTACKS)}.")
 
 
-def check(names: list[str], eps: list[float], steps: int) -> None:
+def check(names: list[str], eps: list[float], steps: int, step_size: float | None) -> None:
     """Attack settings a user typed, each problem in one sentence."""
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise ImgclfError(f"unknown attack {', '.join(unknown)}; choose from {', '.join(ATTACKS)}.")
+    if names and not eps:
+        raise ImgclfError("no eps given for the attacks; pass e.g. --eps 0.1,0.3 (or --attacks none).")
     if any(not 0 <= e <= 1 for e in eps):
         raise ImgclfError(f"eps is in pixel units of images scaled to [0, 1], so it must be in [0, 1]; got {eps}.")
     if steps < 1:
         raise ImgclfError(f"PGD needs at least 1 step, got {steps}.")
+    if step_size is not None and not 0 < step_size <= 1:
+        raise ImgclfError(f"the PGD step size must be in (0, 1] pixel units, got {step_size}.")

@@ -127,16 +127,17 @@ def _parser() -> argparse.ArgumentParser:
                                                "workers sharing a study different seeds or none)")
     tune.set_defaults(run=_tune, overrides=True)
 
-    scoring = argparse.ArgumentParser(add_help=False, parents=[logs])  # evaluate and compare take these
-    which = scoring.add_mutually_exclusive_group()
+    scored_on = argparse.ArgumentParser(add_help=False, parents=[logs])  # evaluate, compare, robustness take these
+    which = scored_on.add_mutually_exclusive_group()
     which.add_argument("--dataset", dest="source", metavar="NAME",
                        help="score on this dataset (default: the run's own)")
     which.add_argument("--data", dest="source", metavar="folder:PATH", help="score on a folder of images")
-    scoring.add_argument("--data-dir", help="folder with the dataset's files (default: the run's, then as for train)")
-    scoring.add_argument("--split", default="test", help="split to score (default test; val is the run's validation)")
+    scored_on.add_argument("--data-dir", help="folder with the dataset's files (default: the run's, then as for train)")
+    scored_on.add_argument("--split", default="test", help="split to score (default test; val is the run's validation)")
+    scored_on.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    scoring = argparse.ArgumentParser(add_help=False, parents=[scored_on])
     scoring.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
     scoring.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    scoring.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     scoring.add_argument("--latency-runs", type=_positive, default=100,
                          help="timed single-image passes for the latency percentiles (default 100)")
     evaluate = commands.add_parser("evaluate", parents=[scoring], help="metrics, plots and an HTML report of a run")
@@ -194,14 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, help="folder for the overlays (default RUN/explanations)")
     explain.set_defaults(run=_explain)
 
-    robust = commands.add_parser("robustness", parents=[logs],
+    robust = commands.add_parser("robustness", parents=[scored_on],
                                  help="accuracy under corruptions at 5 severities and under FGSM/PGD attacks")
     robust.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory (exported file: corruptions only)")
-    robust.add_argument("--corruptions", default="all",
-                        help="all (default), none, or a comma list of: gaussian_noise, shot_noise, impulse_noise, "
-                             "gaussian_blur, motion_blur, contrast, brightness, rotation, translation, scale, shear, "
-                             "elastic, pixelate, jpeg, occlusion")
-    robust.add_argument("--attacks", default="fgsm,pgd", help="fgsm, pgd, both (default) or none")
+    robust.add_argument("--corruptions", default="all", help="all (default), none, or a comma list such as "
+                                                             "gaussian_noise,rotation (a wrong name lists them all)")
+    robust.add_argument("--attacks", default="all", help="all (fgsm and pgd, the default), fgsm, pgd or none")
     robust.add_argument("--eps", type=_number_list, default=(0.05, 0.1, 0.2, 0.3),
                         help="L-inf budgets in [0, 1] pixel units (default 0.05,0.1,0.2,0.3)")
     robust.add_argument("--steps", type=_positive, default=40, help="PGD steps (default 40)")
@@ -209,11 +208,10 @@ def _parser() -> argparse.ArgumentParser:
     robust.add_argument("--no-random-start", dest="random_start", action="store_false",
                         help="start PGD at the image instead of a random point of the eps ball")
     robust.add_argument("--limit", type=_positive, default=2000,
-                        help="score a seeded random sample of this many test images (default 2000)")
-    robust.add_argument("--all-images", dest="limit", action="store_const", const=None, help="score every test image")
+                        help="score a seeded random sample of this many images (default 2000)")
+    robust.add_argument("--all-images", dest="limit", action="store_const", const=None, help="score every image")
     robust.add_argument("--seed", type=int, default=0, help="seed of the sample, corruptions and PGD starts")
-    robust.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
-    robust.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    robust.add_argument("--batch-size", type=_positive, default=500, help="images per pass (default 500)")
     robust.add_argument("--out", type=Path, help="folder for robustness.json and .html (default: the run)")
     robust.set_defaults(run=_robustness)
 
@@ -455,19 +453,22 @@ def _explain(args: argparse.Namespace) -> None:
 
 def _robustness(args: argparse.Namespace) -> None:
     from imgclf.attacks import ATTACKS
-    from imgclf.robustness import CORRUPTIONS, robustness
+    from imgclf.robustness import CORRUPTIONS, SEVERITIES, robustness
 
     r, html = robustness(args.run_dir, corruptions=_names(args.corruptions, list(CORRUPTIONS)),
                          attack_names=tuple(_names(args.attacks, ATTACKS)), eps=args.eps, steps=args.steps,
                          step_size=args.step_size, random_start=args.random_start, limit=args.limit, seed=args.seed,
-                         data_dir=args.data_dir, device=args.device, out=args.out, progress=not args.quiet)
-    print(f"{r['model']} on {r['images']:,} {r['dataset']} test images: clean accuracy {r['clean_accuracy']:.4f}")
+                         batch_size=args.batch_size, source=args.source, data_dir=args.data_dir, split=args.split,
+                         device=args.device, out=args.out, progress=not args.quiet)
+    print(f"{r['model']} on {r['images']:,} {r['dataset']} {args.split} images: clean accuracy "
+          f"{r['clean_accuracy']:.4f}")
     if r["corruptions"]:
-        print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, 6)) + f"{'mean':>8}")
+        print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}")
         for name, c in r["corruptions"].items():
             print(f"{name:<16}" + "".join(f"{a:>8.4f}" for a in c["accuracy"]) + f"{c['mean_accuracy']:>8.4f}")
-        print(f"mean corruption accuracy {r['mean_corruption_accuracy']:.4f} "
-              f"(relative degradation {r['relative_degradation']:.1%})")
+        drop = r["relative_degradation"]
+        print(f"mean corruption accuracy {r['mean_corruption_accuracy']:.4f} (relative degradation "
+              + ("n/a: clean accuracy is 0)" if drop is None else f"{drop:.1%})"))
     for name, a in r["attacks"].items():
         if name != "settings":
             print(f"{name} accuracy: " + ", ".join(f"eps {e}: {v:.4f}" for e, v in a["accuracy_by_eps"].items()))

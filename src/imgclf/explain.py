@@ -44,7 +44,8 @@ def attribute(model: Classifier, x: torch.Tensor, target: torch.Tensor, method: 
     """(B, C, H, W) model inputs -> (B, H, W) attribution maps for class target[i], scaled to [0, 1] per image.
 
     Saliency is the largest |gradient| over channels; integrated gradients the |attribution| summed over
-    channels, from `baseline` (default: all zeros in model units); Grad-CAM is upsampled to the input size."""
+    channels, from `baseline` (default: zeros in model units, i.e. the mean image; explain_files passes a black
+    image, preprocess.normalize(zeros)); Grad-CAM is upsampled to the input size."""
     attr = _captum()
     model.eval()
     x = x.detach().requires_grad_(True)
@@ -71,8 +72,11 @@ def explain_files(run: str | Path, paths: list[Path], methods: tuple[str, ...] =
     if is_export(run):
         raise ImgclfError("explanations need the model's gradients: pass the run directory, not an exported file.")
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ImgclfError(f"unknown explanation method {', '.join(unknown)}; choose from {', '.join(METHODS)}.")
+    if unknown or not methods:
+        raise ImgclfError(f"unknown explanation method {', '.join(unknown) or '(none given)'}; choose from "
+                          f"{', '.join(METHODS)}.")
+    if layer is not None and "gradcam" not in methods:
+        raise ImgclfError("--layer picks the Grad-CAM layer; add gradcam to the methods or leave --layer out.")
     model, meta = open_model(run)
     classes, pre = meta["classes"], preprocess_of(meta)
     if target is not None and target not in classes:
@@ -89,11 +93,11 @@ def explain_files(run: str | Path, paths: list[Path], methods: tuple[str, ...] =
     maps = {m: attribute(model, x, targets, m, layer, baseline) for m in methods}
     out = Path(out) if out else run_folder(run) / "explanations"
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, names = [], _unique_stems(paths)
     for i, path in enumerate(paths):
         files = {}
         for m in methods:
-            files[m] = out / f"{path.stem}.{m}.png"
+            files[m] = out / f"{names[i]}.{m}.png"
             png = plots.overlay(images[i].numpy(), maps[m][i].numpy(), f"{m}: {classes[targets[i]]}")
             atomic_write(files[m], lambda tmp, png=png: tmp.write_bytes(png))
         records.append({"image": str(path), "predicted": classes[predicted[i]],
@@ -105,3 +109,13 @@ def explain_files(run: str | Path, paths: list[Path], methods: tuple[str, ...] =
     atomic_write(out / "explanations.png", lambda tmp: tmp.write_bytes(grid))
     log.info("wrote %d overlays and %s", len(paths) * len(methods), out / "explanations.png")
     return records, out / "explanations.png"
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """File stems, with -2, -3, ... added to repeats (a/1.png and b/1.png), so no overlay overwrites another."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        names.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+    return names

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +31,26 @@ from imgclf.evaluate.report import page, robustness_section
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import ExportedModel, open_model
 
-log = logging.getLogger(__name__)
 SEVERITIES = 5
 
 
 class Draw:
-    """Random numbers for one corruption pass, drawn on the CPU from a seeded generator (same on any device)."""
+    """Random numbers for one corruption pass, from a generator on the images' device seeded once (the same
+    seed gives the same numbers on the same kind of device)."""
 
     def __init__(self, seed: int, device: torch.device) -> None:
-        self.generator, self.device = torch.Generator().manual_seed(seed), device
+        self.generator, self.device = torch.Generator(device).manual_seed(seed), device
 
     def uniform(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.generator).to(self.device)
+        """Uniform in [0, 1)."""
+        return torch.rand(*shape, generator=self.generator, device=self.device)
 
     def normal(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator).to(self.device)
+        """Standard normal."""
+        return torch.randn(*shape, generator=self.generator, device=self.device)
 
     def sign(self, n: int) -> torch.Tensor:
+        """-1 or 1, each with probability 1/2."""
         return torch.where(self.uniform(n) < 0.5, -1.0, 1.0)
 
 
@@ -61,7 +64,7 @@ def _gaussian_noise(x, level, draw):
 
 
 def _shot_noise(x, level, draw):  # `level` photons at full intensity: fewer is noisier
-    return torch.poisson((x * level).cpu(), generator=draw.generator).to(x.device) / level
+    return torch.poisson(x * level, generator=draw.generator) / level
 
 
 def _impulse_noise(x, level, draw):  # a `level` share of the pixels set to black or white
@@ -82,8 +85,11 @@ def _motion_blur(x, level, draw):
     direction = torch.stack([torch.cos(angle) / w, torch.sin(angle) / h], dim=1) * 2  # per pixel, in [-1, 1] units
     length = _pixels(x, level)
     steps = torch.linspace(-length / 2, length / 2, 2 * math.ceil(length) + 1).tolist()
-    zeros, ones = torch.zeros(b), torch.ones(b)
-    return torch.stack([affine(x, zeros, ones, direction * t, zeros) for t in steps]).mean(dim=0)
+    zeros, ones = torch.zeros(b, device=x.device), torch.ones(b, device=x.device)
+    total = torch.zeros_like(x)
+    for t in steps:  # a running sum: one shifted copy in memory at a time
+        total += affine(x, angle=zeros, scale=ones, shift=direction * t, shear=zeros)
+    return total / len(steps)
 
 
 def _contrast(x, level, draw):  # contrast scaled down to `level`
@@ -96,25 +102,27 @@ def _brightness(x, level, draw):
 
 
 def _rotation(x, level, draw):  # `level` degrees, either way
-    b = len(x)
-    return affine(x, level * draw.sign(b), torch.ones(b), torch.zeros(b, 2), torch.zeros(b))
+    return _geometric(x, angle=math.radians(level) * draw.sign(len(x)))
 
 
 def _translation(x, level, draw):  # `level` of the size in a random direction
-    b = len(x)
-    angle = draw.uniform(b) * 2 * math.pi
-    shift = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) * 2 * level
-    return affine(x, torch.zeros(b), torch.ones(b), shift, torch.zeros(b))
+    angle = draw.uniform(len(x)) * 2 * math.pi
+    return _geometric(x, shift=torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) * 2 * level)
 
 
 def _scale(x, level, draw):  # shrunk to `level` of the size, about the centre
-    b = len(x)
-    return affine(x, torch.zeros(b), torch.full((b,), level), torch.zeros(b, 2), torch.zeros(b))
+    return _geometric(x, scale=torch.full((len(x),), level, device=x.device))
 
 
 def _shear(x, level, draw):  # `level` degrees, either way
+    return _geometric(x, shear=math.radians(level) * draw.sign(len(x)))
+
+
+def _geometric(x: torch.Tensor, **given: torch.Tensor) -> torch.Tensor:
+    """affine() with the parameters not given left at the identity."""
     b = len(x)
-    return affine(x, torch.zeros(b), torch.ones(b), torch.zeros(b, 2), level * draw.sign(b))
+    identity = {"angle": torch.zeros(b), "scale": torch.ones(b), "shift": torch.zeros(b, 2), "shear": torch.zeros(b)}
+    return affine(x, **{k: v.to(x.device) for k, v in {**identity, **given}.items()})
 
 
 def _elastic(x, level, draw):
@@ -196,6 +204,7 @@ def corruptor(name: str, severity: int, seed: int = 0) -> Callable[..., torch.Te
     draws: dict[torch.device, Draw] = {}
 
     def apply(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # `generator` is there to fit batches()' augment slot; the corruption draws from its own stream
         draw = draws.setdefault(x.device, Draw(seed, x.device))
         return function(x.float(), levels[severity - 1], draw).clamp(0, 1).to(x.dtype)
     return apply
@@ -208,54 +217,59 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
                source: str | None = None, data_dir: str | Path | None = None, split: str = "test",
                device: str = "auto", out: str | Path | None = None, progress: bool = False) -> tuple[dict, Path]:
     """Accuracy of a run's model on clean, corrupted and attacked test images; writes robustness.json and
-    robustness.html into `out` (default: the run) and returns the report and the HTML path."""
+    robustness.html into `out` (default: the run; for an exported file, robustness-<file> in the run) and
+    returns the report and the HTML path."""
     corruptions = list(CORRUPTIONS) if corruptions is None else corruptions
     for name in corruptions:
         corruptor(name, 1)  # unknown names fail before any work
-    attacks.check(list(attack_names), list(eps), steps)
+    attacks.check(list(attack_names), list(eps), steps, step_size)
+    if seed < 0 or batch_size < 1:
+        raise ImgclfError(f"the seed must be 0 or more and the batch size at least 1, got {seed} and {batch_size}.")
     model, meta = open_model(run)
-    if attack_names and isinstance(model, ExportedModel):
+    exported = isinstance(model, ExportedModel)
+    if attack_names and exported:
         raise ImgclfError("attacks need the model's gradients: run robustness on the run directory, or pass "
                           "--attacks none to measure corruptions only.")
     folder, target = run_folder(run), device_for(model, device)
     model = model.to(target).eval()
     data = _sample(eval_data(folder, meta, source, data_dir, split), limit, seed)
-    normalize = preprocess_of(meta).normalize
-    forward = lambda x: model(normalize(x))  # noqa: E731  pixel images -> logits
+    normalize, pixels = preprocess_of(meta).normalize, _pixel_preprocess(meta)
 
-    def accuracy(corruption=None, adversary=None) -> float:
-        return _accuracy(forward, data, _pixel_preprocess(meta), batch_size, target, corruption, adversary)
+    def forward(x: torch.Tensor) -> torch.Tensor:  # pixel images -> logits
+        return model(normalize(x))
 
-    jobs = len(corruptions) * SEVERITIES + len(attack_names) * len(eps)
-    bar = tqdm(total=jobs + 1, desc="robustness", unit="pass", leave=False, disable=not progress)
-    with bar:
-        clean = accuracy()
+    bar = tqdm(total=1 + len(corruptions) * SEVERITIES + len(attack_names) * len(eps), desc="robustness",
+               unit="pass", leave=False, disable=not progress)
+
+    def scored(corruption: Callable | None = None, adversary: Callable | None = None) -> float:
+        accuracy = _accuracy(forward, data, pixels, batch_size, target, corruption, adversary)
         bar.update()
-        by_corruption = {}
-        for name in corruptions:
-            by_corruption[name] = []
-            for severity in range(1, SEVERITIES + 1):
-                by_corruption[name].append(accuracy(corruptor(name, severity, seed)))
-                bar.update()
+        return accuracy
+
+    with bar:
+        clean = scored()
+        by_corruption = {name: [scored(corruption=corruptor(name, severity, seed))
+                                for severity in range(1, SEVERITIES + 1)] for name in corruptions}
         by_attack = {}
-        for name in attack_names:
+        for name in attack_names:  # each attack's random starts from its own seeded stream
             generator = torch.Generator().manual_seed(seed)
-            by_attack[name] = {}
-            for e in eps:
-                by_attack[name][str(e)] = accuracy(adversary=lambda x, y, e=e, name=name, g=generator: attacks.attack(
-                    name, forward, x, y, e, steps, step_size, random_start, g))
-                bar.update()
-    report = _report(folder, meta, data, clean, by_corruption, by_attack, {
-        "steps": steps, "step_size": "2.5 x eps / steps" if step_size is None else step_size,
-        "random_start": random_start,
-        "norm": "L-inf, pixel units in [0, 1]"}, seed, run)
-    out = Path(out) if out else folder
+            by_attack[name] = {str(e): scored(adversary=partial(
+                attacks.attack, name, forward, eps=e, steps=steps, step_size=step_size, random_start=random_start,
+                generator=generator)) for e in eps}
+    settings = {"steps": steps, "step_size": "2.5 x eps / steps" if step_size is None else step_size,
+                "random_start": random_start, "norm": "L-inf, pixel units in [0, 1]", "batch_size": batch_size}
+    report = _report(folder, meta, data, split, clean, by_corruption, by_attack, settings, seed, run)
+    return report, _write(report, Path(out) if out else folder / f"robustness-{Path(run).name}" if exported
+                          else folder)
+
+
+def _write(report: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "robustness.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     atomic_write(out / "robustness.html", lambda tmp: tmp.write_text(
         page(f"Robustness of {report['model']} on {report['dataset']}",
              [("Robustness", robustness_section(report, plots.robustness_plot(report)))])))
-    return report, out / "robustness.html"
+    return out / "robustness.html"
 
 
 def _pixel_preprocess(meta: dict) -> Preprocess:
@@ -288,13 +302,13 @@ def _accuracy(forward: attacks.Forward, data: EvalData, pre: Preprocess, batch_s
     return correct / len(data.split)
 
 
-def _report(folder: Path, meta: dict, data: EvalData, clean: float, by_corruption: dict[str, list[float]],
+def _report(folder: Path, meta: dict, data: EvalData, split: str, clean: float, by_corruption: dict[str, list[float]],
             by_attack: dict[str, dict[str, float]], attack_settings: dict, seed: int, run: str | Path) -> dict:
     """Every number, with mean corruption accuracy and relative degradation (1 - corrupted / clean)."""
     mean = float(np.mean([a for accs in by_corruption.values() for a in accs])) if by_corruption else None
     return {
         "run": str(folder), "model_file": str(run), "model": meta["architecture"]["name"], "sha256": meta["sha256"],
-        "dataset": data.dataset.name, "images": len(data.split), "seed": seed,
+        "dataset": data.dataset.name, "split": split, "images": len(data.split), "seed": seed,
         "created": datetime.now(timezone.utc).isoformat(), "clean_accuracy": clean,
         "corruptions": {name: {"levels": list(CORRUPTIONS[name][1]), "accuracy": accs,
                                "mean_accuracy": float(np.mean(accs)),

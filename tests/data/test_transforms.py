@@ -123,7 +123,8 @@ def test_noise_has_its_own_strength_per_image_and_follows_the_generator():
 @settings(max_examples=25, deadline=None)
 @given(rotate=st.floats(0, 45), scale=st.tuples(st.floats(0.5, 1), st.floats(1, 1.5)), translate=st.floats(0, 0.3),
        shear=st.floats(0, 30), crop=st.floats(0, 0.3), hflip=st.booleans(), brightness=st.floats(0, 0.9),
-       contrast=st.floats(0, 0.9), erase=st.floats(0, 1), noise=st.floats(0, 1), height=st.integers(1, 24), width=st.integers(1, 24),
+       contrast=st.floats(0, 0.9), erase=st.floats(0, 1), noise=st.floats(0, 1), height=st.integers(1, 24),
+       width=st.integers(1, 24),
        channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**31))
 def test_any_augment_keeps_shape_and_range(rotate, scale, translate, shear, crop, hflip, brightness, contrast,
                                           erase, noise, height, width, channels, seed):

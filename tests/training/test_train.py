@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from imgclf.attacks import pgd
 from imgclf.cli import main
 from imgclf.config import Config, load_config
+from imgclf.data import batches
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import load_model, preprocess_of
@@ -327,6 +328,23 @@ def test_adversarial_training_resumes_exactly_and_resists_the_attack_it_trained_
 
     robust, plain = attacked_accuracy(whole.path), attacked_accuracy(standard.path)
     assert robust > plain + 0.2, (robust, plain)
+
+
+def test_fgsm_training_attacks_from_a_random_start_without_touching_batch_norm(tmp_path, mnist_dir):
+    from imgclf.training.loop import Trainer
+
+    config = _config(tmp_path, mnist_dir, **{"train.adversarial": "fgsm", "train.eps": 0.2})
+    trainer = Trainer(config, tmp_path, progress=False)
+    trainer.model.train()
+    x, y = next(iter(batches(trainer.train_split, trainer.preprocess, 32)))
+    buffers = [b.clone() for b in trainer.model.buffers()]
+    adv = trainer._adversarial(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, trainer.model.buffers(), strict=True))
+    assert trainer.model.training  # back in training mode after the attack
+    change = (trainer.preprocess.denormalize(adv) - trainer.preprocess.denormalize(x)).abs()
+    assert float(change.max()) <= 0.2 + 1e-5
+    assert 0.05 < float(change[change > 0].mean()) < 0.2  # a random start and one 1.25 eps step, clipped
+    assert train(config, progress=False, max_steps=3).summary["stopped"] == "max steps"
 
 
 def test_adversarial_and_noise_settings_are_checked(tmp_path, mnist_dir):

@@ -149,19 +149,22 @@ class Augment:
         if self.erase:
             x = x.masked_fill(self._erase_mask(x, rand), 0.0)
         if self.noise:
-            x = x + self.noise * rand(len(x), 1, 1, 1) * torch.randn(x.shape, generator=generator).to(x.device)
+            noise = torch.randn(x.shape, generator=device_generator(generator, x.device), device=x.device)
+            x = x + self.noise * rand(len(x), 1, 1, 1) * noise
         return x.clamp(0, 1)
 
     def _affine(self, x: torch.Tensor, rand) -> torch.Tensor:
         b, _, h, w = x.shape
-        lo, hi = self.scale  # drawn in this order: angle, shear, scale, shift, crop
-        angle, shear, scale = self.rotate * (2 * rand(b) - 1), self.shear * (2 * rand(b) - 1), lo + (hi - lo) * rand(b)
+        angle = math.radians(self.rotate) * (2 * rand(b) - 1)  # drawn in this order: angle, shear, scale, shift
+        shear = math.radians(self.shear) * (2 * rand(b) - 1)
+        lo, hi = self.scale
+        scale = lo + (hi - lo) * rand(b)
         shift = self.translate * 2 * (2 * rand(b, 2) - 1)  # up to `translate` of the size, in [-1, 1] units
         if self.crop:
             pad = torch.tensor([round(self.crop * w), round(self.crop * h)], device=x.device)
             pixels = torch.floor(rand(b, 2) * (2 * pad + 1)) - pad  # whole pixels, so no interpolation blur
-            shift = shift + 2 * pixels / torch.tensor([w, h], device=x.device)
-        return affine(x, angle, scale, shift, shear)
+            shift = shift + 2 * pixels / torch.tensor([w, h], dtype=x.dtype, device=x.device)
+        return affine(x, angle=angle, scale=scale, shift=shift, shear=shear)
 
     def _erase_mask(self, x: torch.Tensor, rand) -> torch.Tensor:
         """(B, 1, H, W) bool: one rectangle of 2-33% of the area, aspect 0.3-3.3, per chosen sample."""
@@ -178,19 +181,26 @@ class Augment:
         return (inside & (rand(b) < self.erase).view(b, 1, 1)).unsqueeze(1)
 
 
-def affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on `device` seeded by one draw from `generator`: large random tensors are drawn where they
+    are used, and still follow the (CPU, checkpointed) generator."""
+    if generator is None:
+        return None
+    return torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+
+
+def affine(x: torch.Tensor, *, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
            shear: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H, W), sample i rotated by angle[i] and sheared by shear[i] degrees, scaled by
+    """(B, C, H, W) -> (B, C, H, W), sample i rotated by angle[i] and sheared by shear[i] radians, scaled by
     scale[i] and shifted by shift[i] = (x, y) in [-1, 1] units (1: half the size), zeros filling the border."""
     b, _, h, w = x.shape
-    angle, shear = torch.deg2rad(angle.to(x)), torch.deg2rad(shear.to(x))
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
     # Linear part in pixel units (rotation after shear, divided by scale: this maps output
     # to input coordinates), then rescaled to grid_sample's [-1, 1] units: D^-1 A D, D = diag(w, h).
-    a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) / scale.to(x).view(b, 1, 1)
+    a = torch.stack([cos, cos * tan - sin, sin, sin * tan + cos], dim=1).view(b, 2, 2) / scale.view(b, 1, 1)
     d = torch.tensor([w, h], dtype=x.dtype, device=x.device)
     a = a * d.view(1, 1, 2) / d.view(1, 2, 1)
-    theta = torch.cat([a, shift.to(x).view(b, 2, 1)], dim=2)
+    theta = torch.cat([a, shift.view(b, 2, 1)], dim=2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -187,17 +187,18 @@ def robustness_record(folder: Path, meta: dict) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text())
-    except ValueError:
+        measured = report["sha256"]
+        pgd = report["attacks"].get("pgd", {}).get("accuracy_by_eps", {})
+        largest = max(pgd, key=float, default=None)
+        report["headline"] = {"mean_corruption_accuracy": report["mean_corruption_accuracy"],
+                              "pgd_eps": None if largest is None else float(largest),
+                              "pgd_accuracy": None if largest is None else pgd[largest]}
+    except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s is damaged and left out of the report; run imgclf robustness again", path)
         return None
-    if report.get("sha256") != meta.get("sha256"):
+    if measured != meta.get("sha256"):
         log.warning("%s measured other weights than %s's and is left out; run imgclf robustness again", path, folder)
         return None
-    pgd = report["attacks"].get("pgd", {}).get("accuracy_by_eps", {})
-    largest = max(pgd, key=float, default=None)
-    report["headline"] = {"mean_corruption_accuracy": report["mean_corruption_accuracy"],
-                          "pgd_eps": None if largest is None else float(largest),
-                          "pgd_accuracy": None if largest is None else pgd[largest]}
     return report
 
 

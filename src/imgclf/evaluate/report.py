@@ -109,7 +109,8 @@ def render_report(r: dict, figures: dict[str, bytes]) -> str:
 
 def robustness_section(report: dict, png: bytes | None) -> str:
     """The robustness tables and plots as an HTML fragment (its own page, or a section of a report)."""
-    note = (f"<p class='note'>{report['images']:,} {escape(report['dataset'])} test images (seed {report['seed']}); "
+    note = (f"<p class='note'>{report['images']:,} {escape(report['dataset'])} {escape(report['split'])} images "
+            f"(seeded sample, seed {report['seed']}); "
             f"clean accuracy {report['clean_accuracy']:.4f}.</p>")
     corruptions = report["corruptions"]
     severities = max((len(c["accuracy"]) for c in corruptions.values()), default=0)

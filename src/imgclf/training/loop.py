@@ -358,9 +358,11 @@ class Trainer:
         cfg, pre = self.config.train, self.preprocess
         steps, size = (1, 1.25 * cfg.eps) if cfg.adversarial == "fgsm" else (cfg.attack_steps, None)
         self.model.eval()
-        adv = pgd(lambda p: self.model(pre.normalize(p)), pre.denormalize(x), y, cfg.eps, steps=steps,
-                  step_size=size, generator=self.aug_rng)
-        self.model.train()
+        try:
+            adv = pgd(lambda p: self.model(pre.normalize(p)), pre.denormalize(x), y, cfg.eps, steps=steps,
+                      step_size=size, generator=self.aug_rng)
+        finally:
+            self.model.train()
         return pre.normalize(adv)
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
