@@ -310,13 +310,13 @@ def test_adversarial_training_resumes_exactly_and_resists_the_attack_it_trained_
     """PGD training (Madry et al. 2018) with noise augmentation on top: its random starts and noise come from the
     run's saved generator, so a cut run resumes to the same weights; and it beats standard training under PGD."""
     overrides = {"train.adversarial": "pgd", "train.eps": 0.1, "train.attack_steps": 3, "data.noise": 0.2,
-                 "train.epochs": 2}
-    whole = train(_config(tmp_path, mnist_dir, name="adv", **overrides), progress=False)
-    cut = train(_config(tmp_path, mnist_dir, name="cut", **overrides), progress=False, max_steps=7)
-    resumed = train(resume=cut.path, progress=False)
+                 "train.epochs": 1}
+    whole = train(_config(tmp_path, mnist_dir, name="adv", **overrides), progress=False, test=False)
+    cut = train(_config(tmp_path, mnist_dir, name="cut", **overrides), progress=False, max_steps=5, test=False)
+    resumed = train(resume=cut.path, progress=False, test=False)
     a, b = load_file(whole.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    standard = train(_config(tmp_path, mnist_dir, name="standard", **{"train.epochs": 2}), progress=False)
+    standard = train(_config(tmp_path, mnist_dir, name="standard"), progress=False, test=False)
     x, y = mnist.splits["test"].images[:500].float() / 255, mnist.splits["test"].labels[:500]
 
     def attacked_accuracy(path) -> float:
@@ -327,7 +327,7 @@ def test_adversarial_training_resumes_exactly_and_resists_the_attack_it_trained_
             return float((model(pre.normalize(adv)).argmax(1) == y).float().mean())
 
     robust, plain = attacked_accuracy(whole.path), attacked_accuracy(standard.path)
-    assert robust > plain + 0.2, (robust, plain)
+    assert robust > plain + 0.15, (robust, plain)  # measured 0.71 vs 0.46
 
 
 def test_fgsm_training_attacks_from_a_random_start_without_touching_batch_norm(tmp_path, mnist_dir):
