@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -220,6 +221,22 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     predict.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
     predict.set_defaults(run=_predict)
+
+    serve = commands.add_parser("serve", parents=[logs], help="an HTTP service for a model, with feedback")
+    serve.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-batch", type=_positive, default=64, help="largest forward pass (default 64)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+                       help="how long a request waits to share a batch (default 2; 0 with --max-batch 1: no batching)")
+    serve.add_argument("--max-queue", type=_positive, default=512, help="queued images before 503 (default 512)")
+    serve.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body (default 4 MiB)")
+    serve.add_argument("--max-pixels", type=_positive, default=4096 * 4096, help="largest image (default 4096x4096)")
+    serve.add_argument("--deadline-ms", type=float, default=5000, help="per-request deadline (default 5000)")
+    serve.add_argument("--invert", choices=["none", "auto", "always"], default="none",
+                       help="auto: invert dark-on-light images (photos of digits) for MNIST-style models")
+    serve.add_argument("--feedback-db", default="feedback.db", help="SQLite file for feedback (default feedback.db)")
+    serve.set_defaults(run=_serve)
 
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
@@ -473,6 +490,27 @@ def _robustness(args: argparse.Namespace) -> None:
         if name != "settings":
             print(f"{name} accuracy: " + ", ".join(f"eps {e}: {v:.4f}" for e, v in a["accuracy_by_eps"].items()))
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from imgclf.serve.app import ServeConfig, create_app
+    except ImportError as err:
+        raise ImgclfError(f"serving needs the serve extra ({err.name} is missing): "
+                          "pip install 'imgclf[serve]'.") from err
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
+                         invert=args.invert, feedback_db=args.feedback_db)
+    app = create_app(args.run_dir, config)
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API docs at /docs; Ctrl-C or SIGTERM stops "
+          "after the requests in flight)", flush=True)
+    # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
+    # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning",
+                timeout_graceful_shutdown=30)
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -1,0 +1,77 @@
+"""Dynamic micro-batching: concurrent requests wait up to max_wait_ms to share one forward pass.
+
+The queue is bounded, so overload is refused at once (the caller answers 503) instead of piling up;
+the forward pass runs in one worker thread, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+class Overloaded(Exception):
+    """The queue is full: try again shortly."""
+
+
+class Batcher:
+    """Groups submitted (C, H, W) inputs into batches of at most max_batch for `infer` ((B, C, H, W) -> (B, K))."""
+
+    def __init__(self, infer: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64, max_wait_ms: float = 2.0,
+                 max_queue: int = 512, on_batch: Callable[[int], None] | None = None) -> None:
+        self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch or (lambda size: None)
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-infer")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        await self.queue.join()
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output row for one input; raises Overloaded when the queue is full."""
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((x, future))
+        except asyncio.QueueFull:
+            raise Overloaded from None
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(items) < self.max_batch:
+                try:  # take what is already waiting, then wait for more until the deadline
+                    items.append(self.queue.get_nowait() if not self.queue.empty() else
+                                 await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
+                except TimeoutError:
+                    break
+            live = [(x, f) for x, f in items if not f.done()]  # a request that timed out is not computed
+            try:
+                if live:
+                    self.on_batch(len(live))
+                    out = await loop.run_in_executor(self.executor, self.infer, torch.stack([x for x, _ in live]))
+                    for (_, future), row in zip(live, out, strict=True):
+                        if not future.done():
+                            future.set_result(row)
+            except Exception as err:  # the model failed: every waiting request gets the error, the loop goes on
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(err)
+            finally:
+                for _ in items:
+                    self.queue.task_done()

@@ -1,0 +1,245 @@
+"""The HTTP service, really started: uvicorn on a loopback port, httpx clients, a real SQLite file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from imgclf.predict import predict_files
+from imgclf.serve.app import ServeConfig, create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(run, **settings):
+    """A real server for `run` in a thread; yields its base URL and stops it (gracefully) afterwards."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(run, ServeConfig(**settings)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits(mnist, tmp_path_factory):
+    """The first 32 MNIST test digits as PNG bytes and files, and what `imgclf predict` says of them."""
+    folder = tmp_path_factory.mktemp("digits")
+    arrays = [mnist.splits["test"].images[i, 0].numpy() for i in range(32)]
+    paths = []
+    for i, array in enumerate(arrays):
+        paths.append(folder / f"{i}.png")
+        paths[-1].write_bytes(_png(array))
+    return arrays, paths
+
+
+@pytest.fixture(scope="module")
+def server(mnist_run, tmp_path_factory):
+    db = tmp_path_factory.mktemp("db") / "feedback.db"
+    with serving(mnist_run, feedback_db=str(db), max_pixels=512 * 512, max_body_mb=1, max_images=8) as url:
+        yield url, db
+
+
+def test_predictions_match_the_cli_in_every_request_shape(server, digits, mnist_run):
+    url, _ = server
+    _, paths = digits
+    expected = [top[0][0] for top in predict_files(mnist_run, paths[:8])]
+    with httpx.Client(base_url=url) as client:
+        for path, label in zip(paths[:8], expected, strict=True):
+            upload = client.post("/v1/predict", files={"file": path.read_bytes()})
+            assert upload.status_code == 200 and upload.json()["label"] == label
+            as_json = client.post("/v1/predict", json={"image": base64.b64encode(path.read_bytes()).decode()})
+            assert as_json.json()["label"] == label
+        body = upload.json()
+        assert len(body["top"]) == 5 and sum(t["probability"] for t in body["top"]) <= 1 + 1e-6
+        assert body["model"]["name"] == "mnist-fast" and upload.headers["x-model-version"] == body["model"]["version"]
+        batch = client.post("/v1/predict/batch", files=[("files", p.read_bytes()) for p in paths[:8]])
+        assert [p["label"] for p in batch.json()["predictions"]] == expected
+        model = client.get("/v1/model").json()
+        assert model["classes"] == [str(i) for i in range(10)] and model["input"]["size"] == [28, 28]
+        assert client.get("/health/live").status_code == 200 and client.get("/health/ready").json() == {
+            "status": "ready"}
+        assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_any_format_and_mode_is_read_like_the_png(server, digits):
+    url, _ = server
+    arrays, _ = digits
+    seven = arrays[0]  # a 7
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate by 90 degrees clockwise
+    Image.fromarray(seven).rotate(90, expand=True).save(rotated, "JPEG", exif=exif, quality=95)
+    variants = {"L": _png(seven), "RGB": _png(seven, "RGB"), "RGBA": _png(seven, "RGBA"), "P": _png(seven, "P"),
+                "16-bit": _png(seven.astype(np.uint16) * 257), "JPEG CMYK": _png(seven, "CMYK", "JPEG", quality=95),
+                "WebP": _png(seven, "RGB", "WEBP", lossless=True), "BMP": _png(seven, fmt="BMP"),
+                "GIF": _png(seven, fmt="GIF"), "EXIF-rotated JPEG": rotated.getvalue()}
+    with httpx.Client(base_url=url) as client:
+        for name, data in variants.items():
+            response = client.post("/v1/predict", files={"file": data})
+            assert response.status_code == 200, (name, response.text)
+            assert response.json()["label"] == "7", name
+
+
+def test_bad_input_gets_a_clear_error_and_never_a_500(server, digits):
+    url, _ = server
+    seven = digits[0][0]
+    png = _png(seven)
+    bomb = _png(np.zeros((600, 600), dtype=np.uint8))  # 360,000 pixels > the 262,144 allowed here
+    cases = [
+        ({"files": {"file": b""}}, 400, "empty"),
+        ({"files": {"file": b"hello, world"}}, 415, "not an image"),
+        ({"files": {"file": png[: len(png) // 2]}}, 422, "damaged or truncated"),
+        ({"files": {"file": _png(seven, fmt="TIFF")}}, 415, "TIFF images are not accepted"),
+        ({"files": {"file": bomb}}, 413, "600x600 pixels"),
+        ({"files": {"file": os.urandom(2 * 2**20)}}, 413, "larger than 1.0 MiB"),
+        ({"json": {"image": "not base64!"}}, 422, "not valid base64"),
+        ({"json": {"picture": "x"}}, 422, 'send {"image": base64}'),
+        ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"content": png, "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
+        ({"files": {"other": png}}, 422, "multipart field 'file'"),
+    ]
+    with httpx.Client(base_url=url) as client:
+        for request, status, message in cases:
+            response = client.post("/v1/predict", **request)
+            assert response.status_code == status and message in response.json()["error"], (message, response.text)
+        too_many = client.post("/v1/predict/batch", files=[("files", png)] * 9)
+        assert too_many.status_code == 413 and "more than the 8 allowed" in too_many.json()["error"]
+        assert client.post("/v1/predict", files={"file": png}).status_code == 200  # still serving
+        metrics = client.get("/metrics").text
+    assert 'status="500"' not in metrics and 'imgclf_requests_total{path="/v1/predict",status="415"}' in metrics
+
+
+def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
+    url, db = server
+    png = _png(digits[0][0])
+    with httpx.Client(base_url=url) as client:
+        prediction = client.post("/v1/predict", files={"file": png}).json()
+        stored = client.post("/v1/feedback", json={"prediction_id": prediction["prediction_id"], "label": "1",
+                                                   "idempotency_key": "abc"})
+        assert stored.status_code == 201 and stored.json()["predicted"] == "7"
+        with sqlite3.connect(db) as check:  # another connection sees the row as soon as the answer came
+            row = check.execute("SELECT label, predicted, image, model_version FROM feedback WHERE id = ?",
+                                (stored.json()["feedback_id"],)).fetchone()
+            assert row[:2] == ("1", "7") and row[2] == png and row[3] == prediction["model"]["version"]
+            assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        again = client.post("/v1/feedback", json={"prediction_id": prediction["prediction_id"], "label": "1",
+                                                  "idempotency_key": "abc"})
+        assert again.status_code == 200 and again.json()["feedback_id"] == stored.json()["feedback_id"]
+        direct = client.post("/v1/feedback", json={"image": base64.b64encode(png).decode(), "label": "7"})
+        assert direct.status_code == 201 and direct.json()["predicted"] is None
+        for body, message in [({"prediction_id": prediction["prediction_id"], "label": "cat"}, "not one of the"),
+                              ({"prediction_id": "nope", "label": "1"}, "unknown prediction_id 'nope'"),
+                              ({"label": "1"}, "needs a prediction_id or the image"),
+                              ({"image": base64.b64encode(b"text").decode(), "label": "1"}, "not an image")]:
+            response = client.post("/v1/feedback", json=body)
+            assert response.status_code in (415, 422) and message in response.json()["error"], response.text
+        assert "imgclf_feedback_total 2.0" in client.get("/metrics").text
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 2
+
+
+def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digits, mnist_run):
+    url, _ = server
+    _, paths = digits
+    expected = [top[0][0] for top in predict_files(mnist_run, paths)]
+    with httpx.Client(base_url=url) as client:
+        before = _batches(client.get("/metrics").text)
+
+        def ask(i: int) -> str:
+            return client.post("/v1/predict", files={"file": paths[i].read_bytes()}).json()["label"]
+
+        with ThreadPoolExecutor(32) as pool:
+            labels = list(pool.map(ask, range(32)))
+        after = _batches(client.get("/metrics").text)
+    assert labels == expected
+    images, passes = after[0] - before[0], after[1] - before[1]
+    assert images == 32 and passes < 32  # some requests shared a forward pass
+
+
+def _batches(metrics: str) -> tuple[float, float]:
+    """(images, forward passes) so far, from the batch size histogram."""
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("imgclf_batch_size_"))
+    return float(values["imgclf_batch_size_sum"]), float(values["imgclf_batch_size_count"])
+
+
+def test_overload_gets_a_fast_503_then_service_recovers(mnist_run, digits, tmp_path):
+    png = digits[1][0].read_bytes()
+    with (serving(mnist_run, max_batch=1, max_wait_ms=0, max_queue=1, feedback_db=None) as url,
+          httpx.Client(base_url=url, limits=httpx.Limits(max_connections=64)) as client):
+        with ThreadPoolExecutor(64) as pool:
+            responses = list(pool.map(lambda _: client.post("/v1/predict", files={"file": png}), range(128)))
+        statuses = {r.status_code for r in responses}
+        assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+        assert client.post("/v1/predict", files={"file": png}).status_code == 200
+        assert client.post("/v1/feedback", json={"label": "1"}).status_code == 503  # feedback disabled
+
+
+def test_dark_on_light_photos_with_invert_auto(mnist_run, digits):
+    arrays, _ = digits
+    paper = [_png(255 - a) for a in arrays[:16]]  # dark digits on white, like a photo of a drawing
+    truth = [_png(a) for a in arrays[:16]]
+    with serving(mnist_run, invert="auto", feedback_db=None) as url, httpx.Client(base_url=url) as client:
+        inverted = [client.post("/v1/predict", files={"file": p}).json()["label"] for p in paper]
+        normal = [client.post("/v1/predict", files={"file": p}).json()["label"] for p in truth]
+    assert inverted == normal  # light-on-dark images are left as they are
+
+
+def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(mnist_run), "--port", str(port),
+                                "--feedback-db", str(tmp_path / "f.db")], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        answer = httpx.post(f"{url}/v1/predict", files={"file": digits[1][0].read_bytes()})
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert f"serving {mnist_run} on http://127.0.0.1:{port}" in process.stdout.read()
+    finally:
+        process.kill()
