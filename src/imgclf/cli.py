@@ -238,6 +238,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--feedback-db", default="feedback.db", help="SQLite file for feedback (default feedback.db)")
     serve.set_defaults(run=_serve)
 
+    feedback = commands.add_parser("feedback", help="the corrections collected by imgclf serve").add_subparsers(
+        dest="feedback_command", required=True, metavar="ACTION")
+    stats = feedback.add_parser("stats", parents=[logs], help="counts, corrections per label, common confusions")
+    stats.add_argument("db", type=Path, metavar="DB", help="the feedback database (imgclf serve --feedback-db)")
+    stats.set_defaults(run=_feedback_stats)
+    dump = feedback.add_parser("export", parents=[logs], help="the images as a <label>/ folder to train on")
+    dump.add_argument("db", type=Path, metavar="DB", help="the feedback database")
+    dump.add_argument("--out", type=Path, required=True, help="folder to write <label>/<id>.<format> into")
+    dump.set_defaults(run=_feedback_export)
+
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     listing = models.add_parser("list", parents=[logs], help="names, parameters and default input of every model")
@@ -511,6 +521,24 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning",
                 timeout_graceful_shutdown=30)
+
+
+def _feedback_stats(args: argparse.Namespace) -> None:
+    from imgclf.serve.feedback import stats
+
+    r = stats(args.db)
+    print(f"{r['feedback']} feedback rows; {r['confirmed']} confirmed the prediction")
+    print("per label: " + (", ".join(f"{label}: {n}" for label, n in r["per_label"].items()) or "none"))
+    print("most common corrections: " + (", ".join(f"{c['predicted']} -> {c['label']} ({c['count']})"
+                                                   for c in r["confusions"]) or "none"))
+    print("by model version: " + ", ".join(f"{v or 'unknown'}: {n}" for v, n in r["model_versions"].items()))
+
+
+def _feedback_export(args: argparse.Namespace) -> None:
+    from imgclf.serve.feedback import export
+
+    count = export(args.db, args.out)
+    print(f"wrote {count} images into {args.out}/<label>/ (train on them: --dataset folder:{args.out})")
 
 
 def _export(args: argparse.Namespace) -> None:

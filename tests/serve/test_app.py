@@ -21,8 +21,11 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from imgclf.cli import main
+from imgclf.data import load_dataset
 from imgclf.predict import predict_files
 from imgclf.serve.app import ServeConfig, create_app
+from imgclf.serve.feedback import FeedbackStore, stats
 
 
 def _free_port() -> int:
@@ -173,6 +176,31 @@ def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
         assert "imgclf_feedback_total 2.0" in client.get("/metrics").text
     with sqlite3.connect(db) as check:
         assert check.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 2
+
+
+def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
+    store = FeedbackStore(tmp_path / "f.db")
+    seven, one = _png(np.eye(28, dtype=np.uint8) * 255), _png(np.full((28, 28), 9, np.uint8))
+    store.add("1", seven, predicted="7", model_version="v1")
+    store.add("1", one, predicted="7", model_version="v1")
+    store.add("7", seven, predicted="7", model_version="v2")
+    store.close()
+    assert stats(tmp_path / "f.db") == {"feedback": 3, "per_label": {"1": 2, "7": 1}, "confirmed": 1,
+                                        "confusions": [{"predicted": "7", "label": "1", "count": 2}],
+                                        "model_versions": {"v1": 2, "v2": 1}}
+    assert main(["feedback", "export", str(tmp_path / "f.db"), "--out", str(tmp_path / "folder")]) == 0
+    assert sorted(p.relative_to(tmp_path / "folder").as_posix() for p in (tmp_path / "folder").rglob("*.png")) == [
+        "1/1.png", "1/2.png", "7/3.png"]
+    assert (tmp_path / "folder" / "1" / "2.png").read_bytes() == one
+    dataset = load_dataset(f"folder:{tmp_path / 'folder'}", fractions={"train": 1.0})
+    assert dataset.classes == ["1", "7"] and len(dataset.splits["train"]) == 3
+    assert main(["feedback", "stats", str(tmp_path / "f.db")]) == 0
+    assert "most common corrections: 7 -> 1 (2)" in capsys.readouterr().out
+    assert main(["feedback", "stats", str(tmp_path / "none.db")]) == 1
+    assert "there is no feedback database" in capsys.readouterr().err
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
+    assert main(["feedback", "stats", str(tmp_path / "junk.db")]) == 1
+    assert "is not an imgclf feedback database" in capsys.readouterr().err
 
 
 def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digits, mnist_run):

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
+
+from PIL import Image
+
+from imgclf.errors import ImgclfError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -59,3 +65,46 @@ class FeedbackStore:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def _open(path: str | Path) -> sqlite3.Connection:
+    if not Path(path).is_file():
+        raise ImgclfError(f"there is no feedback database {path}; imgclf serve writes it (--feedback-db).")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        db.execute("SELECT COUNT(*) FROM feedback")
+    except sqlite3.DatabaseError as err:
+        raise ImgclfError(f"{path} is not an imgclf feedback database ({err}).") from err
+    return db
+
+
+def stats(path: str | Path) -> dict:
+    """Counts, corrections per label and the most common (predicted -> corrected) pairs of a feedback database."""
+    with closing(_open(path)) as db:
+        total = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+        per_label = dict(db.execute("SELECT label, COUNT(*) FROM feedback GROUP BY label ORDER BY label"))
+        confusions = [{"predicted": p, "label": t, "count": n} for p, t, n in db.execute(
+            "SELECT predicted, label, COUNT(*) AS n FROM feedback WHERE predicted IS NOT NULL AND predicted != label "
+            "GROUP BY predicted, label ORDER BY n DESC, predicted, label LIMIT 10")]
+        agreed = db.execute("SELECT COUNT(*) FROM feedback WHERE predicted = label").fetchone()[0]
+        versions = dict(db.execute("SELECT model_version, COUNT(*) FROM feedback GROUP BY model_version"))
+    return {"feedback": total, "per_label": per_label, "confirmed": agreed, "confusions": confusions,
+            "model_versions": versions}
+
+
+def export(path: str | Path, out: str | Path) -> int:
+    """Write every feedback image into out/<label>/<id>.<format>, a folder `imgclf train --dataset folder:` reads;
+    returns how many."""
+    out = Path(out)
+    count = 0
+    with closing(_open(path)) as db:
+        for row_id, label, image in db.execute("SELECT id, label, image FROM feedback ORDER BY id"):
+            with Image.open(io.BytesIO(image)) as picture:
+                suffix = (picture.format or "png").lower().replace("jpeg", "jpg")
+            if label in ("", ".", "..") or "/" in label or "\\" in label:
+                raise ImgclfError(f"feedback row {row_id} has the label {label!r}, which cannot be a folder name.")
+            folder = out / label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{row_id}.{suffix}").write_bytes(image)
+            count += 1
+    return count
