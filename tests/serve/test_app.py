@@ -6,58 +6,22 @@ import base64
 import io
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
+from serving_helpers import encode, free_port, serving
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
 from imgclf.predict import predict_files
-from imgclf.serve.app import ServeConfig, create_app
 from imgclf.serve.feedback import FeedbackStore, stats
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(run, **settings):
-    """A real server for `run` in a thread; yields its base URL and stops it (gracefully) afterwards."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run, ServeConfig(**settings)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def _png(array: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.fromarray(array)
-    (image.convert(mode) if mode else image).save(buffer, fmt, **save)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +32,7 @@ def digits(mnist, tmp_path_factory):
     paths = []
     for i, array in enumerate(arrays):
         paths.append(folder / f"{i}.png")
-        paths[-1].write_bytes(_png(array))
+        paths[-1].write_bytes(encode(array))
     return arrays, paths
 
 
@@ -101,7 +65,7 @@ def test_predictions_match_the_cli_in_every_request_shape(server, digits, mnist_
         assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
-def test_any_format_and_mode_is_read_like_the_png(server, digits):
+def test_any_format_and_mode_is_read_like_thepng(server, digits):
     url, _ = server
     arrays, _ = digits
     seven = arrays[0]  # a 7
@@ -109,10 +73,10 @@ def test_any_format_and_mode_is_read_like_the_png(server, digits):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate by 90 degrees clockwise
     Image.fromarray(seven).rotate(90, expand=True).save(rotated, "JPEG", exif=exif, quality=95)
-    variants = {"L": _png(seven), "RGB": _png(seven, "RGB"), "RGBA": _png(seven, "RGBA"), "P": _png(seven, "P"),
-                "16-bit": _png(seven.astype(np.uint16) * 257), "JPEG CMYK": _png(seven, "CMYK", "JPEG", quality=95),
-                "WebP": _png(seven, "RGB", "WEBP", lossless=True), "BMP": _png(seven, fmt="BMP"),
-                "GIF": _png(seven, fmt="GIF"), "EXIF-rotated JPEG": rotated.getvalue()}
+    variants = {"L": encode(seven), "RGB": encode(seven, "RGB"), "RGBA": encode(seven, "RGBA"), "P": encode(seven, "P"),
+                "16-bit": encode(seven.astype(np.uint16) * 257), "JPEG CMYK": encode(seven, "CMYK", "JPEG", quality=95),
+                "WebP": encode(seven, "RGB", "WEBP", lossless=True), "BMP": encode(seven, fmt="BMP"),
+                "GIF": encode(seven, fmt="GIF"), "EXIF-rotated JPEG": rotated.getvalue()}
     with httpx.Client(base_url=url) as client:
         for name, data in variants.items():
             response = client.post("/v1/predict", files={"file": data})
@@ -123,13 +87,13 @@ def test_any_format_and_mode_is_read_like_the_png(server, digits):
 def test_bad_input_gets_a_clear_error_and_never_a_500(server, digits):
     url, _ = server
     seven = digits[0][0]
-    png = _png(seven)
-    bomb = _png(np.zeros((600, 600), dtype=np.uint8))  # 360,000 pixels > the 262,144 allowed here
+    png = encode(seven)
+    bomb = encode(np.zeros((600, 600), dtype=np.uint8))  # 360,000 pixels > the 262,144 allowed here
     cases = [
         ({"files": {"file": b""}}, 400, "empty"),
         ({"files": {"file": b"hello, world"}}, 415, "not an image"),
         ({"files": {"file": png[: len(png) // 2]}}, 422, "damaged or truncated"),
-        ({"files": {"file": _png(seven, fmt="TIFF")}}, 415, "TIFF images are not accepted"),
+        ({"files": {"file": encode(seven, fmt="TIFF")}}, 415, "TIFF images are not accepted"),
         ({"files": {"file": bomb}}, 413, "600x600 pixels"),
         ({"files": {"file": os.urandom(2 * 2**20)}}, 413, "larger than 1.0 MiB"),
         ({"json": {"image": "not base64!"}}, 422, "not valid base64"),
@@ -151,7 +115,7 @@ def test_bad_input_gets_a_clear_error_and_never_a_500(server, digits):
 
 def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
     url, db = server
-    png = _png(digits[0][0])
+    png = encode(digits[0][0])
     with httpx.Client(base_url=url) as client:
         prediction = client.post("/v1/predict", files={"file": png}).json()
         stored = client.post("/v1/feedback", json={"prediction_id": prediction["prediction_id"], "label": "1",
@@ -180,7 +144,7 @@ def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
 
 def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
     store = FeedbackStore(tmp_path / "f.db")
-    seven, one = _png(np.eye(28, dtype=np.uint8) * 255), _png(np.full((28, 28), 9, np.uint8))
+    seven, one = encode(np.eye(28, dtype=np.uint8) * 255), encode(np.full((28, 28), 9, np.uint8))
     store.add("1", seven, predicted="7", model_version="v1")
     store.add("1", one, predicted="7", model_version="v1")
     store.add("7", seven, predicted="7", model_version="v2")
@@ -243,8 +207,8 @@ def test_overload_gets_a_fast_503_then_service_recovers(mnist_run, digits, tmp_p
 
 def test_dark_on_light_photos_with_invert_auto(mnist_run, digits):
     arrays, _ = digits
-    paper = [_png(255 - a) for a in arrays[:16]]  # dark digits on white, like a photo of a drawing
-    truth = [_png(a) for a in arrays[:16]]
+    paper = [encode(255 - a) for a in arrays[:16]]  # dark digits on white, like a photo of a drawing
+    truth = [encode(a) for a in arrays[:16]]
     with serving(mnist_run, invert="auto", feedback_db=None) as url, httpx.Client(base_url=url) as client:
         inverted = [client.post("/v1/predict", files={"file": p}).json()["label"] for p in paper]
         normal = [client.post("/v1/predict", files={"file": p}).json()["label"] for p in truth]
@@ -252,7 +216,7 @@ def test_dark_on_light_photos_with_invert_auto(mnist_run, digits):
 
 
 def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(mnist_run), "--port", str(port),
                                 "--feedback-db", str(tmp_path / "f.db")], stdout=subprocess.PIPE, text=True)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -317,6 +317,10 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         return {"name": service.name, "version": service.version, "classes": service.classes,
                 "input": service.preprocess.to_dict(), "temperature": service.meta.get("temperature", 1.0),
                 "metrics": service.meta.get("metrics", {}), "invert": config.invert}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
 
     @app.get("/health/live", summary="the process is up")
     async def live() -> dict:
