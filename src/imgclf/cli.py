@@ -248,6 +248,19 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--out", type=Path, required=True, help="folder to write <label>/<id>.<format> into")
     dump.set_defaults(run=_feedback_export)
 
+    retrain = commands.add_parser("retrain", parents=[logs],
+                                  help="fine-tune a run with the feedback it collected; promote it only if better")
+    retrain.add_argument("run_dir", type=Path, metavar="RUN", help="the run directory that was served")
+    retrain.add_argument("--feedback", type=Path, required=True, metavar="DB", help="the feedback database")
+    retrain.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
+    retrain.add_argument("--lr-factor", type=float, default=0.1, help="the run's lr times this (default 0.1)")
+    retrain.add_argument("--holdout", type=float, default=0.3,
+                         help="share of the feedback kept to judge the new model (default 0.3)")
+    retrain.add_argument("--seed", type=int, default=0, help="seed of the hold-out split (default 0)")
+    retrain.add_argument("--name", help="name of the new run (default <run>-retrained-<time>)")
+    retrain.add_argument("--out", type=Path, help="parent folder of the new run (default: the old run's)")
+    retrain.set_defaults(run=_retrain)
+
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     listing = models.add_parser("list", parents=[logs], help="names, parameters and default input of every model")
@@ -539,6 +552,21 @@ def _feedback_export(args: argparse.Namespace) -> None:
 
     count = export(args.db, args.out)
     print(f"wrote {count} images into {args.out}/<label>/ (train on them: --dataset folder:{args.out})")
+
+
+def _retrain(args: argparse.Namespace) -> None:
+    from imgclf.retrain import retrain
+
+    r = retrain(args.run_dir, args.feedback, epochs=args.epochs, lr_factor=args.lr_factor, holdout=args.holdout,
+                seed=args.seed, name=args.name, out=args.out, progress=not args.quiet)
+    print(f"fine-tuned on the run's data plus {r['feedback_train_images']} corrected images")
+    print(f"{'':<8}{'test accuracy':>16}{'held-out feedback':>20}  run")
+    for when in ("before", "after"):
+        test, held = r[when]["test"], r[when]["feedback"]
+        print(f"{when:<8}{test['accuracy']:>16.4f}{held['accuracy']:>12.4f} of {held['images']:<5}  {r[when]['run']}")
+    print(f"McNemar p on the test split: {r['test_mcnemar']['p_value']:.3g}")
+    print(("promoted: " if r["promoted"] else "not promoted: ") + r["reason"]
+          + (f" (CURRENT in {Path(r['after']['run']).parent} names it)" if r["promoted"] else ""))
 
 
 def _export(args: argparse.Namespace) -> None:

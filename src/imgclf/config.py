@@ -31,6 +31,7 @@ class DataConfig:
     in_memory: bool | None = None  # image folders: decode once into memory (true), stream every epoch (false),
     memory_limit_gb: float = 2.0  # or, when null, in memory if the prepared images take at most this much
     strict: bool = False  # fail on unreadable files instead of skipping them
+    extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ModelConfig:
     weights: str | None = None  # a local weights file instead of downloading pretrained ones
     freeze: str = "none"  # backbone, none, or a number of stages, after freeze_epochs
     options: dict = field(default_factory=dict)  # model-specific, e.g. {layers: 10, kernel: 5}
+    init: str | None = None  # start from this run directory's weights (same model and classes): fine-tuning
 
 
 @dataclass

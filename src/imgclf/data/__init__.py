@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 
 from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit, channel_stats, describe
-from imgclf.data.folder import load_folder
+from imgclf.data.folder import load_folder, with_extra
 from imgclf.data.loader import batches, to_memory
 from imgclf.data.named import NAMES, load_named
 from imgclf.data.splits import kfold, stratified_split, train_val
@@ -15,7 +15,7 @@ from imgclf.errors import DataError
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
            "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
-           "kfold", "load_dataset", "stratified_split", "to_memory", "train_val"]
+           "kfold", "load_dataset", "stratified_split", "to_memory", "train_val", "with_extra"]
 
 
 def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from imgclf.data.core import Dataset, FileSplit
+from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit
 from imgclf.data.splits import stratified_split
-from imgclf.data.transforms import UNREADABLE
+from imgclf.data.transforms import UNREADABLE, Preprocess
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -122,3 +122,21 @@ def _flatten(scan: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path
 
 def _names(paths: list[Path]) -> str:
     return ", ".join(p.name for p in paths[:_SHOWN]) + (" ..." if len(paths) > _SHOWN else "")
+
+
+def with_extra(split: Split, classes: list[str], folder: Path) -> Split:
+    """`split` plus every image of a <class>/ folder (e.g. corrections from imgclf feedback export), labelled in
+    the order of `classes`; in memory, the extra images are resized to the split's own image shape."""
+    dataset = load_folder(folder, {"train": 1.0})
+    extra, names = dataset.split("train"), dataset.classes
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DataError(f"{folder} has images of {', '.join(unknown)}, which are not classes of this dataset "
+                        f"({', '.join(classes)}); remove those folders.")
+    labels = torch.tensor([classes.index(names[i]) for i in extra.labels.tolist()], dtype=torch.long)
+    if isinstance(split, FileSplit):
+        return FileSplit(split.paths + extra.paths, torch.cat([split.labels, labels]))
+    shape = Preprocess(size=tuple(split.images.shape[-2:]), channels=split.images.shape[1],
+                       mean=(0.0,) * split.images.shape[1], std=(1.0,) * split.images.shape[1])
+    images = torch.stack([shape.prepare(extra[i][0]) for i in range(len(extra))])
+    return TensorSplit(torch.cat([split.images, images]), torch.cat([split.labels, labels]))

@@ -64,3 +64,4 @@ def train_val(dataset: Dataset, subset: int | None = None, val_fraction: float =
         return train, None
     parts = stratified_split(train.labels.numpy(), {"train": 1 - val_fraction, "val": val_fraction}, seed)
     return train.take(parts["train"]), train.take(parts["val"])
+

@@ -31,12 +31,13 @@ from imgclf.data import (
     load_dataset,
     to_memory,
     train_val,
+    with_extra,
 )
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.predict import predict_logits
-from imgclf.rundir import atomic_write, save_model
+from imgclf.rundir import atomic_write, load_model, save_model
 from imgclf.training.optim import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class Trainer:
                                     strict=data.strict)
         self.train_split, self.val_split = train_val(self.dataset, data.subset, data.val_fraction, data.split_seed,
                                                      data.folds, data.fold)
+        if data.extra:
+            self.train_split = with_extra(self.train_split, self.dataset.classes, Path(data.extra).expanduser())
         if self.val_split is None and (cfg.schedule == "plateau" or cfg.early_stop):
             raise ImgclfError("the plateau schedule and early stopping watch the validation split; set "
                               "data.val_fraction above 0 (e.g. 0.1).")
@@ -187,6 +190,8 @@ class Trainer:
                                   data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
                                   freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
                                   **config.model.options).to(self.device)
+        if config.model.init:
+            self._start_from(config.model.init)
         self.preprocess = self.model.input_spec.preprocess(data_pre)
         self.train_split, self.val_split = (self._maybe_in_memory(s) for s in (self.train_split, self.val_split))
         self.augment = replace(augment_preset(self.dataset.kind if data.augment == "auto" else data.augment),
@@ -210,6 +215,18 @@ class Trainer:
         self.partial = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: list[dict] = []
         self.best: dict = {}
+
+    def _start_from(self, run: str) -> None:
+        """Fine-tuning: the weights of another run of the same model on the same classes."""
+        source, meta = load_model(run)
+        if meta["classes"] != self.dataset.classes:
+            raise ImgclfError(f"model.init {run} was trained on the classes {meta['classes']}, not this dataset's "
+                              f"{self.dataset.classes}; fine-tune a run of the same dataset.")
+        try:
+            self.model.load_state_dict(source.state_dict())
+        except RuntimeError as err:
+            raise ImgclfError(f"model.init {run} is a {meta['architecture']['name']} that does not fit "
+                              f"{self.config.model.name} as configured ({str(err).splitlines()[0]}).") from err
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

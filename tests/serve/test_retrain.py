@@ -1,0 +1,67 @@
+"""imgclf retrain: fine-tune on the run's data plus feedback, compare, promote only if better."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from serving_helpers import encode
+
+from imgclf.cli import main
+from imgclf.errors import ImgclfError
+from imgclf.retrain import retrain
+from imgclf.rundir import load_model, preprocess_of
+from imgclf.serve.feedback import FeedbackStore
+
+
+def _feedback(path, mnist, count: int, label_of=None) -> None:
+    """`count` real MNIST training digits drawn dark on light (a photo of paper), with their true labels."""
+    store = FeedbackStore(path)
+    split = mnist.splits["train"]
+    for i in range(count):
+        image, label = split[50_000 + i]
+        store.add(label_of(label) if label_of else str(label), encode(255 - image[0].numpy()), predicted="0")
+    store.close()
+
+
+def test_retrain_compares_on_test_and_held_out_feedback_and_promotes_by_the_rule(mnist_run, mnist, tmp_path,
+                                                                                  capsys):
+    run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
+    _feedback(tmp_path / "f.db", mnist, 60)
+    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "0.5", "--name", "v2"]) == 0
+    printed = capsys.readouterr().out
+    new = tmp_path / "runs" / "v2"
+    result = json.loads((new / "retrain.json").read_text())
+    assert result["feedback_train_images"] == 42 and result["after"]["feedback"]["images"] == 18
+    summary = json.loads((new / "summary.json").read_text())
+    assert summary["train_images"] == 6000 + 42  # the run's own data plus the corrections
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    assert config["model"]["init"] == str(run) and config["data"]["extra"].endswith("v2.feedback/train")
+    # the table's numbers are the models' real accuracies on the original test split
+    model, meta = load_model(run)
+    x, y = preprocess_of(meta)(mnist.splits["test"].images), mnist.splits["test"].labels
+    with torch.no_grad():
+        assert result["before"]["test"]["accuracy"] == pytest.approx(float((model(x).argmax(1) == y).float().mean()))
+    before, after = result["before"], result["after"]
+    rule = (after["feedback"]["accuracy"] > before["feedback"]["accuracy"]
+            and after["test"]["accuracy"] >= before["test"]["accuracy"])
+    assert result["promoted"] == rule and (tmp_path / "runs" / "CURRENT").is_file() == rule
+    assert after["feedback"]["accuracy"] > before["feedback"]["accuracy"]  # it learned the dark-on-light digits
+    assert "held-out feedback" in printed and ("promoted" in printed)
+
+
+def test_retrain_errors(mnist_run, mnist, tmp_path):
+    run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
+    _feedback(tmp_path / "one.db", mnist, 1)
+    with pytest.raises(ImgclfError, match="has 1 feedback row"):
+        retrain(run, tmp_path / "one.db")
+    with pytest.raises(ImgclfError, match=r"--holdout is the share .* got 1.5"):
+        retrain(run, tmp_path / "one.db", holdout=1.5)
+    _feedback(tmp_path / "cats.db", mnist, 4, label_of=lambda label: "cat" if label % 2 else str(label))
+    with pytest.raises(ImgclfError, match="images of cat, which are not classes of this dataset"):
+        retrain(run, tmp_path / "cats.db", holdout=0.25)
+    with pytest.raises(ImgclfError, match=r"has no config\.yaml to retrain from"):
+        retrain(tmp_path, tmp_path / "one.db")
