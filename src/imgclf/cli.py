@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -236,6 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--invert", choices=["none", "auto", "always"], default="none",
                        help="auto: invert dark-on-light images (photos of digits) for MNIST-style models")
     serve.add_argument("--feedback-db", default="feedback.db", help="SQLite file for feedback (default feedback.db)")
+    serve.add_argument("--admin", action="store_true",
+                       help="enable POST /admin/reload, with the token in $IMGCLF_ADMIN_TOKEN")
+    serve.add_argument("--models-dir", type=Path,
+                       help="the folder reload may take runs from (default: the folder holding RUN)")
     serve.set_defaults(run=_serve)
 
     feedback = commands.add_parser("feedback", help="the corrections collected by imgclf serve").add_subparsers(
@@ -523,9 +528,13 @@ def _serve(args: argparse.Namespace) -> None:
     except ImportError as err:
         raise ImgclfError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'imgclf[serve]'.") from err
+    token = os.environ.get("IMGCLF_ADMIN_TOKEN") if args.admin else None
+    if args.admin and not token:
+        raise ImgclfError("--admin needs a token in the environment: export IMGCLF_ADMIN_TOKEN=<a long secret>.")
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
-                         invert=args.invert, feedback_db=args.feedback_db)
+                         invert=args.invert, feedback_db=args.feedback_db, admin_token=token,
+                         models_dir=str(args.models_dir or args.run_dir.resolve().parent))
     app = create_app(args.run_dir, config)
     print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API docs at /docs; Ctrl-C or SIGTERM stops "
           "after the requests in flight)", flush=True)

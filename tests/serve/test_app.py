@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,11 +17,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from serving_helpers import encode, free_port, serving
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
 from imgclf.predict import predict_files
+from imgclf.rundir import sha256, update_meta
 from imgclf.serve.feedback import FeedbackStore, stats
 
 
@@ -235,3 +238,34 @@ def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
         assert f"serving {mnist_run} on http://127.0.0.1:{port}" in process.stdout.read()
     finally:
         process.kill()
+
+
+def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_serving_on_failure(
+        mnist_run, digits, tmp_path, server):
+    assert httpx.post(f"{server[0]}/admin/reload", json={"run": "x"}).status_code == 404  # off by default
+    models = tmp_path / "models"
+    first, second = (shutil.copytree(mnist_run, models / name) for name in ("first", "second"))
+    weights = load_file(second / "model.safetensors")
+    weights["head.bias"] = weights["head.bias"] + 0.01  # other weights, so another version
+    save_file(weights, second / "model.safetensors")
+    update_meta(second, sha256=sha256(second / "model.safetensors"))
+    (models / "broken").mkdir()
+    (models / "broken" / "model.json").write_text("{")
+    png = digits[1][0].read_bytes()
+    token = {"authorization": "Bearer s3cret"}
+    with (serving(first, admin_token="s3cret", models_dir=str(models), feedback_db=None) as url,
+          httpx.Client(base_url=url) as client):
+        old = client.post("/v1/predict", files={"file": png}).json()["model"]["version"]
+        assert client.post("/admin/reload", json={"run": "second"}).status_code == 401
+        assert client.post("/admin/reload", json={"run": "second"},
+                           headers={"authorization": "Bearer nope"}).status_code == 401
+        for outside in ("../..", str(tmp_path), "http://example.com/model", "", None):
+            response = client.post("/admin/reload", json={"run": outside}, headers=token)
+            assert response.status_code == 422 and "inside" in response.json()["error"], outside
+        broken = client.post("/admin/reload", json={"run": "broken"}, headers=token)
+        assert broken.status_code == 422 and f"still serving mnist-fast {old}" in broken.json()["error"]
+        assert client.post("/v1/predict", files={"file": png}).json()["model"]["version"] == old
+        swapped = client.post("/admin/reload", json={"run": "second"}, headers=token)
+        assert swapped.status_code == 200 and swapped.json()["version"] != old
+        answer = client.post("/v1/predict", files={"file": png})
+        assert answer.json()["model"]["version"] == swapped.json()["version"] == answer.headers["x-model-version"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import io
 import json
 import logging
@@ -49,6 +50,8 @@ class ServeConfig:
     invert: str = "none"  # none, auto (dark-on-light photos of digits for MNIST-style models), always
     feedback_db: str | None = "feedback.db"  # SQLite file; None: feedback disabled (503)
     remember: int = 10_000  # recent predictions whose id /v1/feedback accepts
+    admin_token: str | None = None  # enables POST /admin/reload (off when None)
+    models_dir: str = "runs"  # the only folder reload takes runs from
 
 
 class ApiError(Exception):
@@ -123,13 +126,8 @@ class Service:
 
     def __init__(self, model_path: str | Path, config: ServeConfig) -> None:
         self.config = config
-        self.model, self.meta = open_model(model_path)
-        self.model = self.model.eval()
-        self.preprocess = preprocess_of(self.meta)
-        self.classes: list[str] = self.meta["classes"]
-        self.version = self.meta["sha256"][:12]
-        self.name = self.meta["architecture"]["name"] if "architecture" in self.meta else Path(model_path).name
-        self.recent: OrderedDict[str, tuple[bytes, str]] = OrderedDict()  # prediction id -> (image, predicted)
+        self.use(*self.load(model_path))
+        self.recent: OrderedDict[str, tuple[bytes, str, str]] = OrderedDict()  # id -> (image, predicted, version)
         self.ready = False
         registry = self.registry = CollectorRegistry()
         self.requests = Counter("imgclf_requests", "HTTP requests", ["path", "status"], registry=registry)
@@ -142,6 +140,43 @@ class Service:
         self.batcher = Batcher(self._infer, config.max_batch, config.max_wait_ms, config.max_queue,
                                on_batch=self.batch_sizes.observe)
         self.store = FeedbackStore(config.feedback_db) if config.feedback_db else None
+
+    @staticmethod
+    def load(path: str | Path) -> tuple:
+        """A model, its metadata and preprocessing, warmed up by one inference."""
+        model, meta = open_model(path)
+        model, preprocess = model.eval(), preprocess_of(meta)
+        with torch.inference_mode():
+            model(torch.zeros(1, preprocess.channels, *preprocess.size))
+        name = meta["architecture"]["name"] if "architecture" in meta else Path(path).name
+        return model, meta, preprocess, name
+
+    def use(self, model, meta: dict, preprocess, name: str) -> None:
+        self.model, self.meta, self.preprocess, self.name = model, meta, preprocess, name
+        self.classes: list[str] = meta["classes"]
+        self.version = meta["sha256"][:12]
+
+    async def reload(self, body: dict, authorization: str | None) -> dict:
+        """Swap in another run of the models folder once it has loaded and warmed up; on any failure the
+        current model keeps serving."""
+        token = self.config.admin_token
+        if not authorization or not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "reload needs the header Authorization: Bearer <the server's admin token>.")
+        folder = Path(self.config.models_dir).resolve()
+        name = body.get("run")
+        target = (folder / name).resolve() if isinstance(name, str) and "://" not in name else None
+        if target is None or not target.is_relative_to(folder) or target == folder:
+            raise ApiError(422, f'send {{"run": "<a run directory or model file inside {folder}>"}}; URLs and '
+                                "paths outside that folder are refused.")
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(None, self.load, target)
+        except Exception as err:  # a damaged or foreign file: say why, keep the current model
+            raise ApiError(422, f"cannot load {name} ({str(err).splitlines()[0]}); still serving "
+                                f"{self.name} {self.version}.") from None
+        await loop.run_in_executor(self.batcher.executor, self.use, *loaded)  # between two batches
+        log.info("reloaded: now serving %s (version %s)", self.name, self.version)
+        return {"name": self.name, "version": self.version, "run": str(target)}
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -166,7 +201,7 @@ class Service:
         values, indices = probs.topk(min(self.config.top_k, len(self.classes)))
         top = [{"label": self.classes[i], "probability": float(v)} for v, i in zip(values, indices, strict=True)]
         prediction_id = uuid.uuid4().hex
-        self.recent[prediction_id] = (data, top[0]["label"])
+        self.recent[prediction_id] = (data, top[0]["label"], self.version)
         while len(self.recent) > self.config.remember:
             self.recent.popitem(last=False)
         return {"prediction_id": prediction_id, "label": top[0]["label"], "top": top,
@@ -183,14 +218,14 @@ class Service:
             if prediction_id not in self.recent:
                 raise ApiError(422, f"unknown prediction_id {prediction_id!r} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
-            image, predicted = self.recent[prediction_id]
+            image, predicted, version = self.recent[prediction_id]
         elif body.get("image") is not None:
-            image, predicted = _base64(body["image"]), None
+            image, predicted, version = _base64(body["image"]), None, self.version
             decode(image, self.config.max_pixels)  # only images are stored
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
         row, new = self.store.add(label, image, predicted=predicted, prediction_id=prediction_id,
-                                  model_version=self.version, idempotency_key=key)
+                                  model_version=version, idempotency_key=key)
         if new:
             self.feedback_count.inc()
         return {"feedback_id": row, "label": label, "predicted": predicted, "stored": new}, new
@@ -261,9 +296,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.batcher.start()
-        warm = torch.zeros(1, service.preprocess.channels, *service.preprocess.size)
-        await asyncio.get_running_loop().run_in_executor(service.batcher.executor, service._infer, warm)
+        service.batcher.start()  # the model was warmed up when it loaded
         service.ready = True
         log.info("serving %s (version %s)", service.name, service.version)
         yield
@@ -311,6 +344,11 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         body = await _json(request)
         result, new = await asyncio.get_running_loop().run_in_executor(None, service.feedback, body)
         return JSONResponse(result, status_code=201 if new else 200)
+
+    if config.admin_token:
+        @app.post("/admin/reload", summary="swap in another run of the models folder (needs the admin token)")
+        async def reload(request: Request) -> dict:
+            return await service.reload(await _json(request), request.headers.get("authorization"))
 
     @app.get("/v1/model", summary="classes, input and version of the model")
     async def model() -> dict:
