@@ -224,13 +224,7 @@ def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
                                 "--feedback-db", str(tmp_path / "f.db")], stdout=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_ready(url)
         answer = httpx.post(f"{url}/v1/predict", files={"file": digits[1][0].read_bytes()})
         assert answer.status_code == 200
         process.send_signal(signal.SIGTERM)
@@ -269,3 +263,49 @@ def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_servi
         assert swapped.status_code == 200 and swapped.json()["version"] != old
         answer = client.post("/v1/predict", files={"file": png})
         assert answer.json()["model"]["version"] == swapped.json()["version"] == answer.headers["x-model-version"]
+
+
+def test_kill_9_during_feedback_loses_no_acknowledged_row(mnist_run, digits, tmp_path):
+    db = tmp_path / "feedback.db"
+    image = base64.b64encode(digits[1][0].read_bytes()).decode()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(mnist_run), "--port", str(port),
+                                "--feedback-db", str(db)], stdout=subprocess.DEVNULL)
+    url, acknowledged = f"http://127.0.0.1:{port}", []
+    try:
+        _wait_ready(url)
+
+        def post(i: int) -> None:
+            try:
+                response = httpx.post(f"{url}/v1/feedback", json={"image": image, "label": str(i % 10),
+                                                                  "idempotency_key": f"k{i}"}, timeout=10)
+            except httpx.TransportError:
+                return  # the server died mid-request: not acknowledged
+            if response.status_code == 201:
+                acknowledged.append(f"k{i}")
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(post, i) for i in range(400)]
+            deadline = time.monotonic() + 60
+            while len(acknowledged) < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.kill()  # SIGKILL: no shutdown code runs
+            for future in futures:
+                future.result()
+    finally:
+        process.kill()
+        process.wait()
+    with sqlite3.connect(db) as check:  # opening recovers the WAL
+        stored = {key for (key,) in check.execute("SELECT idempotency_key FROM feedback")}
+    assert len(acknowledged) >= 40 and set(acknowledged) <= stored
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not become ready")
