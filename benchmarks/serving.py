@@ -3,16 +3,19 @@
     python benchmarks/serving.py RUN [--seconds 10] [--data-dir DIR]
 
 Starts `imgclf serve RUN` twice on a loopback port (--max-batch 64 --max-wait-ms 2, then --max-batch 1
---max-wait-ms 0: the same server, batching off), and drives each with asyncio httpx clients posting
-28x28 MNIST test digits as PNG for --seconds per concurrency level. The clients share the machine's
-cores with the server, as they would on one box. Prints a markdown table and the batching-on/off ratio.
+--max-wait-ms 0: the same server, batching off), and drives each with wrk (one thread, apt-get install
+wrk) posting 100 different 28x28 MNIST test digits as multipart PNG uploads in turn, for --seconds per
+concurrency level. wrk shares the machine's cores with the server. Prints a markdown table and the
+batching-on/off throughput ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
+import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,14 +39,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "mnist"))
     args = parser.parse_args()
-    images = load_dataset("mnist", args.data_dir).splits["test"].images[:500, 0].numpy()
+    if shutil.which("wrk") is None:
+        sys.exit("this benchmark drives the server with wrk: apt-get install wrk")
+    images = load_dataset("mnist", args.data_dir).splits["test"].images[:100, 0].numpy()
     pngs = [_png(a) for a in images]
     rows = {}
     for mode, flags in (("on", ["--max-batch", "64", "--max-wait-ms", "2"]),
                         ("off", ["--max-batch", "1", "--max-wait-ms", "0"])):
         with _server(args.run, flags) as url:
             for clients in LEVELS:
-                rows[mode, clients] = asyncio.run(_load(url, pngs, clients, args.seconds))
+                rows[mode, clients] = _load(url, pngs, clients, args.seconds)
     print("| clients | batching | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for clients in LEVELS:
@@ -88,32 +93,43 @@ class _server:
         self.process.wait(timeout=60)
 
 
-async def _load(url: str, pngs: list[bytes], clients: int, seconds: float) -> dict:
-    """`clients` concurrent loops posting images for `seconds`: throughput and latency percentiles."""
-    latencies, errors = [], 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        await client.post("/v1/predict", files={"file": pngs[0]})  # connections and code paths warm
-        end = time.perf_counter() + seconds
+LUA = """
+local bodies, i = {}, 0
+for n = 0, 99 do
+  local f = io.open(string.format("%s/%d.body", os.getenv("BODIES"), n), "rb")
+  bodies[n] = f:read("*all")
+  f:close()
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=imgclfbench"
+request = function()
+  i = (i + 1) % 100
+  return wrk.format(nil, "/v1/predict", nil, bodies[i])
+end
+"""
 
-        async def loop(offset: int) -> None:
-            nonlocal errors
-            i = offset
-            while time.perf_counter() < end:
-                started = time.perf_counter()
-                response = await client.post("/v1/predict", files={"file": pngs[i % len(pngs)]})
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-                i += clients
 
-        started = time.perf_counter()
-        await asyncio.gather(*(loop(k) for k in range(clients)))
-        elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {"rps": len(latencies) / elapsed, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "errors": errors}
+def _load(url: str, pngs: list[bytes], clients: int, seconds: float) -> dict:
+    """wrk with `clients` connections for `seconds`: requests/s, p50/p99 latency, non-2xx answers."""
+    folder = Path(tempfile.mkdtemp())
+    for n, data in enumerate(pngs[:100]):
+        (folder / f"{n}.body").write_bytes(
+            b"--imgclfbench\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--imgclfbench--\r\n")
+    (folder / "bench.lua").write_text(LUA)
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--latency", "-s",
+                          str(folder / "bench.lua"), url], env={**os.environ, "BODIES": str(folder)},
+                         capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", out, re.MULTILINE))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": _ms(latency["50"]),
+            "p99": _ms(latency["99"]), "errors": int(errors.group(1)) if errors else 0}
+
+
+def _ms(text: str) -> float:
+    """wrk's '812.00us', '1.23ms' or '1.50s' in milliseconds."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 if __name__ == "__main__":

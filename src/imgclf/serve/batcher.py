@@ -6,7 +6,7 @@ the forward pass runs in one worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -17,9 +17,10 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    """Groups submitted (C, H, W) inputs into batches of at most max_batch for `infer` ((B, C, H, W) -> (B, K))."""
+    """Groups submitted (C, H, W) inputs into batches of at most max_batch for `infer`, which maps a (B, C, H, W)
+    batch to B results (one per input, in order)."""
 
-    def __init__(self, infer: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, infer: Callable[[torch.Tensor], Sequence], max_batch: int = 64, max_wait_ms: float = 2.0,
                  max_queue: int = 512, on_batch: Callable[[int], None] | None = None) -> None:
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size: None)
@@ -40,8 +41,8 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output row for one input; raises Overloaded when the queue is full."""
+    async def submit(self, x: torch.Tensor):
+        """The result for one input; raises Overloaded when the queue is full."""
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait((x, future))
