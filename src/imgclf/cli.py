@@ -544,9 +544,6 @@ def _serve(args: argparse.Namespace) -> None:
     # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
     # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    # Inference runs in a worker thread; by default Python hands the GIL back to it only every 5 ms, which
-    # would add up to 5 ms to every batch. Torch uses --threads for the forward pass itself.
-    sys.setswitchinterval(0.0002)
     torch.set_num_threads(args.threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning",
                 timeout_graceful_shutdown=30)
