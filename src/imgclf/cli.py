@@ -262,8 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
     retrain.add_argument("--lr-factor", type=float, default=0.1, help="the run's lr times this (default 0.1)")
     retrain.add_argument("--holdout", type=float, default=0.3,
-                         help="share of the feedback kept to judge the new model (default 0.3)")
-    retrain.add_argument("--seed", type=int, default=0, help="seed of the hold-out split (default 0)")
+                         help="about this share of the feedback (chosen by image hash) judges the new model "
+                              "(default 0.3)")
+    retrain.add_argument("--min-holdout", type=_positive, default=10,
+                         help="fewest held-out feedback images to decide on (default 10)")
     retrain.add_argument("--name", help="name of the new run (default <run>-retrained-<time>)")
     retrain.add_argument("--out", type=Path, help="parent folder of the new run (default: the old run's)")
     retrain.set_defaults(run=_retrain)
@@ -571,7 +573,7 @@ def _retrain(args: argparse.Namespace) -> None:
     from imgclf.retrain import retrain
 
     r = retrain(args.run_dir, args.feedback, epochs=args.epochs, lr_factor=args.lr_factor, holdout=args.holdout,
-                seed=args.seed, name=args.name, out=args.out, progress=not args.quiet)
+                min_holdout=args.min_holdout, name=args.name, out=args.out, progress=not args.quiet)
     print(f"fine-tuned on the run's data plus {r['feedback_train_images']} corrected images")
     print(f"{'':<8}{'test accuracy':>16}{'held-out feedback':>20}  run")
     for when in ("before", "after"):

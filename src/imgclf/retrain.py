@@ -3,13 +3,13 @@ the new model only if it is not worse on the original test split and better on h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from imgclf.config import with_overrides
@@ -25,24 +25,28 @@ log = logging.getLogger(__name__)
 
 
 def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr_factor: float = 0.1,
-            holdout: float = 0.3, seed: int = 0, name: str | None = None, out: str | Path | None = None,
+            holdout: float = 0.3, min_holdout: int = 10, name: str | None = None, out: str | Path | None = None,
             progress: bool = False) -> dict:
-    """Fine-tune `run` (a run directory) on its data plus a seeded (1 - holdout) share of the feedback; score old
-    and new on the original test split and the held-out feedback; write retrain.json into the new run and, if it
-    is promoted, its name into CURRENT in the runs folder. Returns the comparison."""
+    """Fine-tune `run` (a run directory) on its data plus about (1 - holdout) of the feedback; score old and new
+    on the original test split and the held-out feedback; write retrain.json into the new run and, if it is
+    promoted, its name into CURRENT in the runs folder. Returns the comparison.
+
+    The feedback is what users sent: a hold-out of a few images decides little, and a user who sends wrong
+    labels on purpose can steer it. The test split guards against the worst; review `imgclf feedback stats`."""
     folder = run_folder(run)
     config = run_config(folder)
     if config is None:
         raise ImgclfError(f"{folder} has no config.yaml to retrain from; pass a run directory imgclf train wrote.")
     if not 0 < holdout < 1:
         raise ImgclfError(f"--holdout is the share of feedback kept for scoring, in (0, 1); got {holdout}.")
-    out = Path(out) if out else folder.parent
+    out = (Path(out) if out else folder.parent).resolve()
     name = name or f"{folder.name}-retrained-{datetime.now():%Y%m%d-%H%M%S}"
-    corrections = out / f"{name}.feedback"
-    train_dir, held_dir = _split_feedback(feedback_db, corrections, holdout, seed)
+    if (out / name).exists():
+        raise ImgclfError(f"{out / name} already exists; pass another --name.")
+    train_dir, held_dir = _split_feedback(feedback_db, out / f"{name}.feedback", holdout, min_holdout)
     config = with_overrides(config, {"name": name, "out": str(out), "data.extra": str(train_dir),
-                                     "model.init": str(folder), "train.epochs": epochs,
-                                     "train.lr": config.train.lr * lr_factor})
+                                     "model.init": str(folder.resolve()), "model.pretrained": False,
+                                     "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
     new = train(config, progress=progress).path
     scores = {label: _score(path, held_dir) for label, path in (("before", folder), ("after", new))}
     better = scores["after"]["feedback"]["accuracy"] > scores["before"]["feedback"]["accuracy"]
@@ -54,7 +58,7 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
               "promoted": better and kept,
               "reason": ("better on the held-out feedback and not worse on the test split" if better and kept else
                          "not better on the held-out feedback" if not better else "worse on the original test split"),
-              "settings": {"epochs": epochs, "lr_factor": lr_factor, "holdout": holdout, "seed": seed}}
+              "settings": {"epochs": epochs, "lr_factor": lr_factor, "holdout": holdout, "min_holdout": min_holdout}}
     atomic_write(new / "retrain.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     if result["promoted"]:
         atomic_write(out / "CURRENT", lambda tmp: tmp.write_text(new.name + "\n"))
@@ -62,25 +66,27 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
     return result
 
 
-def _split_feedback(db: str | Path, folder: Path, holdout: float, seed: int) -> tuple[Path, Path]:
-    """Export the feedback images to folder/train/<label>/ and folder/holdout/<label>/, a seeded split."""
+def _split_feedback(db: str | Path, folder: Path, holdout: float, min_holdout: int) -> tuple[Path, Path]:
+    """Export the feedback images to folder/train/<label>/ and folder/holdout/<label>/. An image goes to the
+    hold-out by a hash of its bytes: the same image always lands on the same side, in every retraining round,
+    so nothing trained on is ever scored on."""
     if folder.exists():
         shutil.rmtree(folder)
     everything = folder / "all"
-    count = export(db, everything)
-    if count < 2:
-        raise ImgclfError(f"{db} has {count} feedback row(s); retraining needs at least 2 (some to train on, some "
-                          "to judge the new model by).")
+    export(db, everything)
     files = sorted(everything.rglob("*.*"))
-    order = np.random.default_rng(seed).permutation(len(files))
-    held = max(1, round(holdout * len(files)))
-    for rank, index in enumerate(order):
-        part = folder / ("holdout" if rank < held else "train") / files[index].parent.name
-        part.mkdir(parents=True, exist_ok=True)
-        files[index].rename(part / files[index].name)
+    held = 0
+    for path in files:
+        digest = int(hashlib.sha256(path.read_bytes()).hexdigest()[:8], 16) / 16**8
+        part = "holdout" if digest < holdout else "train"
+        held += part == "holdout"
+        (folder / part / path.parent.name).mkdir(parents=True, exist_ok=True)
+        path.rename(folder / part / path.parent.name / path.name)
     shutil.rmtree(everything)
-    if not (folder / "train").exists():
-        raise ImgclfError(f"{db} has too few feedback rows to train on after holding out {held}; collect more.")
+    if held < min_holdout or held == len(files):
+        raise ImgclfError(f"{db} has {len(files)} feedback images, {held} of them held out to judge the new model; "
+                          f"retraining needs at least {min_holdout} held out and some to train on. Collect more "
+                          "feedback (or lower --min-holdout, at the price of a noisier decision).")
     return folder / "train", folder / "holdout"
 
 

@@ -8,9 +8,11 @@ import os
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -109,11 +111,23 @@ def test_bad_input_gets_a_clear_error_and_never_a_500(server, digits):
         for request, status, message in cases:
             response = client.post("/v1/predict", **request)
             assert response.status_code == status and message in response.json()["error"], (message, response.text)
+        header_bomb = client.post("/v1/predict", files={"file": _claims_size(png, 20000, 20000)})
+        assert header_bomb.status_code == 413 and "too large" in header_bomb.json()["error"]  # 400M pixels claimed
+        deep = client.post("/v1/predict", content=b"[" * 100_000, headers={"content-type": "application/json"})
+        assert deep.status_code == 400 and "not valid JSON" in deep.json()["error"]
+        mixed = client.post("/v1/predict/batch", files=[("files", png)], data={"files": "text"})
+        assert mixed.status_code == 422 and "multipart field 'files'" in mixed.json()["error"]
         too_many = client.post("/v1/predict/batch", files=[("files", png)] * 9)
         assert too_many.status_code == 413 and "more than the 8 allowed" in too_many.json()["error"]
         assert client.post("/v1/predict", files={"file": png}).status_code == 200  # still serving
         metrics = client.get("/metrics").text
     assert 'status="500"' not in metrics and 'imgclf_requests_total{path="/v1/predict",status="415"}' in metrics
+
+
+def _claims_size(png: bytes, width: int, height: int) -> bytes:
+    """A PNG whose header claims another size (with a valid checksum): what a decompression bomb looks like."""
+    header = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
 
 
 def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
@@ -134,7 +148,14 @@ def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
         assert again.status_code == 200 and again.json()["feedback_id"] == stored.json()["feedback_id"]
         direct = client.post("/v1/feedback", json={"image": base64.b64encode(png).decode(), "label": "7"})
         assert direct.status_code == 201 and direct.json()["predicted"] is None
+        reused = client.post("/v1/feedback", json={"prediction_id": prediction["prediction_id"], "label": "2",
+                                                   "idempotency_key": "abc"})
+        assert reused.status_code == 409 and "already used for the label '1'" in reused.json()["error"]
         for body, message in [({"prediction_id": prediction["prediction_id"], "label": "cat"}, "not one of the"),
+                              ({"prediction_id": ["a", "list"], "label": "1"}, "prediction_id must be a string"),
+                              ({"image": base64.b64encode(png).decode(), "label": "1", "idempotency_key": {"a": 1}},
+                               "idempotency_key must be a string"),
+                              ({"prediction_id": prediction["prediction_id"], "label": 7}, "not one of the"),
                               ({"prediction_id": "nope", "label": "1"}, "unknown prediction_id 'nope'"),
                               ({"label": "1"}, "needs a prediction_id or the image"),
                               ({"image": base64.b64encode(b"text").decode(), "label": "1"}, "not an image")]:
@@ -253,7 +274,9 @@ def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_servi
         assert client.post("/admin/reload", json={"run": "second"}).status_code == 401
         assert client.post("/admin/reload", json={"run": "second"},
                            headers={"authorization": "Bearer nope"}).status_code == 401
-        for outside in ("../..", str(tmp_path), "http://example.com/model", "", None):
+        assert client.post("/admin/reload", content=b"{oops", headers={"content-type": "application/json"}
+                           ).status_code == 401  # the token is checked before the body is read
+        for outside in ("../..", str(tmp_path), "http://example.com/model", "", None, "a\x00b"):
             response = client.post("/admin/reload", json={"run": outside}, headers=token)
             assert response.status_code == 422 and "inside" in response.json()["error"], outside
         broken = client.post("/admin/reload", json={"run": "broken"}, headers=token)

@@ -12,7 +12,7 @@ from serving_helpers import encode
 
 from imgclf.cli import main
 from imgclf.errors import ImgclfError
-from imgclf.retrain import retrain
+from imgclf.retrain import _split_feedback, retrain
 from imgclf.rundir import load_model, preprocess_of
 from imgclf.serve.feedback import FeedbackStore
 
@@ -30,16 +30,24 @@ def _feedback(path, mnist, count: int, label_of=None) -> None:
 def test_retrain_compares_on_test_and_held_out_feedback_and_promotes_by_the_rule(mnist_run, mnist, tmp_path,
                                                                                   capsys):
     run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
-    _feedback(tmp_path / "f.db", mnist, 60)
-    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "0.5", "--name", "v2"]) == 0
+    _feedback(tmp_path / "f.db", mnist, 150)
+    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "1", "--lr-factor", "0.5",
+                 "--name", "v2"]) == 0
     printed = capsys.readouterr().out
     new = tmp_path / "runs" / "v2"
     result = json.loads((new / "retrain.json").read_text())
-    assert result["feedback_train_images"] == 42 and result["after"]["feedback"]["images"] == 18
+    trained, held = result["feedback_train_images"], result["after"]["feedback"]["images"]
+    assert trained + held == 150 and held >= 10  # about 30% held out, chosen by image hash
     summary = json.loads((new / "summary.json").read_text())
-    assert summary["train_images"] == 6000 + 42  # the run's own data plus the corrections
+    assert summary["train_images"] == 6000 + trained  # the run's own data plus the corrections
     config = yaml.safe_load((new / "config.yaml").read_text())
-    assert config["model"]["init"] == str(run) and config["data"]["extra"].endswith("v2.feedback/train")
+    assert config["model"]["init"] == str(run.resolve()) and config["data"]["extra"].endswith("v2.feedback/train")
+    # held-out images are chosen by their bytes: a second round holds out the same ones
+    held_out = sorted(p.name for p in (tmp_path / "runs" / "v2.feedback" / "holdout").rglob("*.png"))
+    with pytest.raises(ImgclfError, match="already exists; pass another --name"):
+        retrain(run, tmp_path / "f.db", name="v2")
+    _split_feedback(tmp_path / "f.db", tmp_path / "again", 0.3, 10)
+    assert sorted(p.name for p in (tmp_path / "again" / "holdout").rglob("*.png")) == held_out
     # the table's numbers are the models' real accuracies on the original test split
     model, meta = load_model(run)
     x, y = preprocess_of(meta)(mnist.splits["test"].images), mnist.splits["test"].labels
@@ -49,19 +57,20 @@ def test_retrain_compares_on_test_and_held_out_feedback_and_promotes_by_the_rule
     rule = (after["feedback"]["accuracy"] > before["feedback"]["accuracy"]
             and after["test"]["accuracy"] >= before["test"]["accuracy"])
     assert result["promoted"] == rule and (tmp_path / "runs" / "CURRENT").is_file() == rule
-    assert after["feedback"]["accuracy"] > before["feedback"]["accuracy"]  # it learned the dark-on-light digits
+    # it learned the dark-on-light digits (measured: 0.20 -> 0.91 held out, test 0.9733 -> 0.9792: promoted)
+    assert after["feedback"]["accuracy"] > before["feedback"]["accuracy"] + 0.3 and result["promoted"]
     assert "held-out feedback" in printed and ("promoted" in printed)
 
 
 def test_retrain_errors(mnist_run, mnist, tmp_path):
     run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
-    _feedback(tmp_path / "one.db", mnist, 1)
-    with pytest.raises(ImgclfError, match="has 1 feedback row"):
-        retrain(run, tmp_path / "one.db")
+    _feedback(tmp_path / "few.db", mnist, 12)
+    with pytest.raises(ImgclfError, match=r"has 12 feedback images, \d+ of them held out .* at least 10 held out"):
+        retrain(run, tmp_path / "few.db")
     with pytest.raises(ImgclfError, match=r"--holdout is the share .* got 1.5"):
-        retrain(run, tmp_path / "one.db", holdout=1.5)
-    _feedback(tmp_path / "cats.db", mnist, 4, label_of=lambda label: "cat" if label % 2 else str(label))
+        retrain(run, tmp_path / "few.db", holdout=1.5)
+    _feedback(tmp_path / "cats.db", mnist, 20, label_of=lambda label: "cat" if label % 2 else str(label))
     with pytest.raises(ImgclfError, match="images of cat, which are not classes of this dataset"):
-        retrain(run, tmp_path / "cats.db", holdout=0.25)
+        retrain(run, tmp_path / "cats.db", holdout=0.5, min_holdout=1)
     with pytest.raises(ImgclfError, match=r"has no config\.yaml to retrain from"):
         retrain(tmp_path, tmp_path / "one.db")

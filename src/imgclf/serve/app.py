@@ -10,8 +10,10 @@ import base64
 import binascii
 import hmac
 import io
+import itertools
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -25,14 +27,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from imgclf.data.transforms import image_to_tensor
+from imgclf.data.transforms import Preprocess, image_to_tensor
+from imgclf.errors import ImgclfError
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 from imgclf.serve.batcher import Batcher, Overloaded
 from imgclf.serve.feedback import FeedbackStore
 
 log = logging.getLogger(__name__)
-FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF"}
+FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
+LARGE = 1_000_000  # images with more pixels are decoded in a worker thread
 
 
 @dataclass
@@ -48,10 +52,22 @@ class ServeConfig:
     deadline_ms: float = 5000  # a request not answered by then gets 504
     top_k: int = 5
     invert: str = "none"  # none, auto (dark-on-light photos of digits for MNIST-style models), always
-    feedback_db: str | None = "feedback.db"  # SQLite file; None: feedback disabled (503)
-    remember: int = 10_000  # recent predictions whose id /v1/feedback accepts
+    feedback_db: str | None = None  # SQLite file; None: feedback disabled (503)
+    remember: int = 10_000  # recent predictions whose id /v1/feedback accepts,
+    remember_mb: float = 256.0  # within this much memory of image bytes
     admin_token: str | None = None  # enables POST /admin/reload (off when None)
     models_dir: str = "runs"  # the only folder reload takes runs from
+
+    def __post_init__(self) -> None:
+        numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
+                   "max_pixels": self.max_pixels, "max_images": self.max_images, "deadline_ms": self.deadline_ms,
+                   "top_k": self.top_k, "remember": self.remember, "remember_mb": self.remember_mb}
+        bad = [name for name, value in numbers.items() if not value > 0] + (
+            ["max_wait_ms"] if not self.max_wait_ms >= 0 else [])  # written so that NaN fails too
+        if bad:
+            raise ImgclfError(f"serving limits must be positive numbers (max_wait_ms may be 0): {', '.join(bad)}.")
+        if self.invert not in ("none", "auto", "always"):
+            raise ImgclfError(f"invert must be none, auto or always, got {self.invert!r}.")
 
 
 class ApiError(Exception):
@@ -60,25 +76,32 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def decode(data: bytes, max_pixels: int) -> torch.Tensor:
-    """Image bytes -> uint8 (C, H, W), EXIF orientation applied, the first frame of an animation; errors as
-    ApiError (400 empty, 415 not an image or an unsupported format, 413 too many pixels, 422 damaged)."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Image bytes, checked from the header only: errors as ApiError (400 empty, 415 not an image or an
+    unsupported format, 413 too many pixels, a decompression bomb)."""
     if not data:
         raise ApiError(400, "the image is empty; send the bytes of a PNG, JPEG, WebP, BMP or GIF file.")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ApiError(413, f"the image is too large ({err}); send a smaller image.") from None
     except (OSError, ValueError, SyntaxError):
         raise ApiError(415, "the data is not an image; send a PNG, JPEG, WebP, BMP or GIF file.") from None
     if image.format not in FORMATS:
         raise ApiError(415, f"{image.format} images are not accepted; send PNG, JPEG, WebP, BMP or GIF.")
-    width, height = image.size
-    if width * height > max_pixels:  # checked on the header, before any pixel is decoded
-        raise ApiError(413, f"the image has {width}x{height} pixels, more than the {max_pixels:,} allowed; "
-                            "send a smaller image.")
+    if image.width * image.height > max_pixels:  # checked on the header, before any pixel is decoded
+        raise ApiError(413, f"the image has {image.width}x{image.height} pixels, more than the {max_pixels:,} "
+                            "allowed; send a smaller image.")
+    return image
+
+
+def pixels_of(image: Image.Image) -> torch.Tensor:
+    """The decoded image as uint8 (C, H, W), EXIF orientation applied, the first frame of an animation; a damaged
+    file is a 422."""
     try:
         image.seek(0)
         return image_to_tensor(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Exception as err:  # Pillow's decoders raise many types for damaged data; none may become a 500
         raise ApiError(422, f"the image is damaged or truncated ({err}); send the whole file.") from None
 
 
@@ -95,14 +118,17 @@ class _BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await _too_large(self.limit, send)
-        body, more = b"", True
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
-            body += message.get("body", b"")
+            if message["type"] == "http.disconnect":
+                return None  # the client went away: nothing to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.limit:
+            if size > self.limit:
                 return await _too_large(self.limit, send)
-        sent = False
+        body, sent = b"".join(chunks), False
 
         async def replay():
             nonlocal sent
@@ -124,13 +150,15 @@ class _Observe:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
+        scope.setdefault("state", {})["arrived"] = time.monotonic()  # request.state.arrived: deadlines count from here
 
         async def sending(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-model-version", self.service.version.encode())]
+                headers = message.get("headers", [])
+                if not any(name.lower() == b"x-model-version" for name, _ in headers):
+                    message["headers"] = [*headers, (b"x-model-version", self.service.current.version.encode())]
             await send(message)
         try:
             await self.app(scope, receive, sending)
@@ -149,14 +177,44 @@ async def _too_large(limit: int, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass(frozen=True, eq=False)
+class Loaded:
+    """One loaded model with everything that must change with it; a request keeps the one it started with."""
+
+    model: object
+    meta: dict
+    preprocess: Preprocess
+    name: str
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def version(self) -> str:
+        return self.meta["sha256"][:12]
+
+
+@dataclass
+class Remembered:
+    """What a prediction id refers to, for feedback that names it."""
+
+    image: bytes
+    predicted: str
+    version: str
+    inverted: bool
+
+
 class Service:
     """The loaded model, its batcher, the feedback store and the metrics of one app."""
 
     def __init__(self, model_path: str | Path, config: ServeConfig) -> None:
         self.config = config
-        self.use(*self.load(model_path))
-        self.recent: OrderedDict[str, tuple[bytes, str, str]] = OrderedDict()  # id -> (image, predicted, version)
+        self.current = self.load(model_path)
+        self.recent: OrderedDict[str, Remembered] = OrderedDict()
+        self.recent_bytes = 0
         self.ready = False
+        self.reloading = asyncio.Lock()
         registry = self.registry = CollectorRegistry()
         self.requests = Counter("imgclf_requests", "HTTP requests", ["path", "status"], registry=registry)
         self.latency = Histogram("imgclf_request_seconds", "request latency", ["path"], registry=registry,
@@ -170,94 +228,131 @@ class Service:
         self.store = FeedbackStore(config.feedback_db) if config.feedback_db else None
 
     @staticmethod
-    def load(path: str | Path) -> tuple:
+    def load(path: str | Path) -> Loaded:
         """A model, its metadata and preprocessing, warmed up by one inference."""
         model, meta = open_model(path)
         model, preprocess = model.eval(), preprocess_of(meta)
         with torch.inference_mode():
             model(torch.zeros(1, preprocess.channels, *preprocess.size))
-        name = meta["architecture"]["name"] if "architecture" in meta else Path(path).name
-        return model, meta, preprocess, name
+        return Loaded(model, meta, preprocess, meta["architecture"]["name"] if "architecture" in meta
+                      else Path(path).name)
 
-    def use(self, model, meta: dict, preprocess, name: str) -> None:
-        self.model, self.meta, self.preprocess, self.name = model, meta, preprocess, name
-        self.classes: list[str] = meta["classes"]
-        self.version = meta["sha256"][:12]
-
-    async def reload(self, body: dict, authorization: str | None) -> dict:
+    async def reload(self, body: dict) -> dict:
         """Swap in another run of the models folder once it has loaded and warmed up; on any failure the
-        current model keeps serving."""
-        token = self.config.admin_token
-        if not authorization or not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
-            raise ApiError(401, "reload needs the header Authorization: Bearer <the server's admin token>.")
+        current model keeps serving. Requests already under way finish with the model they started with."""
         folder = Path(self.config.models_dir).resolve()
         name = body.get("run")
-        target = (folder / name).resolve() if isinstance(name, str) and "://" not in name else None
+        try:
+            target = (folder / name).resolve() if isinstance(name, str) and "://" not in name else None
+        except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+            target = None
         if target is None or not target.is_relative_to(folder) or target == folder:
             raise ApiError(422, f'send {{"run": "<a run directory or model file inside {folder}>"}}; URLs and '
                                 "paths outside that folder are refused.")
-        loop = asyncio.get_running_loop()
-        try:
-            loaded = await loop.run_in_executor(None, self.load, target)
-        except Exception as err:  # a damaged or foreign file: say why, keep the current model
-            raise ApiError(422, f"cannot load {name} ({str(err).splitlines()[0]}); still serving "
-                                f"{self.name} {self.version}.") from None
-        await loop.run_in_executor(self.batcher.executor, self.use, *loaded)  # between two batches
-        log.info("reloaded: now serving %s (version %s)", self.name, self.version)
-        return {"name": self.name, "version": self.version, "run": str(target)}
+        async with self.reloading:
+            try:
+                loaded = await asyncio.get_running_loop().run_in_executor(None, self.load, target)
+            except Exception as err:  # a damaged or foreign file: say why, keep the current model
+                raise ApiError(422, f"cannot load {name} ({str(err).splitlines()[0]}); still serving "
+                                    f"{self.current.name} {self.current.version}.") from None
+            self.current = loaded
+        log.info("reloaded: now serving %s (version %s)", loaded.name, loaded.version)
+        return {"name": loaded.name, "version": loaded.version, "run": str(target)}
 
-    def _infer(self, x: torch.Tensor) -> list[list[float]]:
-        """(B, C, H, W) -> B rows of class probabilities, as plain lists (cheap for the event loop to read)."""
+    def authorized(self, authorization: str | None) -> None:
+        expected = f"Bearer {self.config.admin_token}".encode()
+        if not authorization or not hmac.compare_digest(authorization.encode(), expected):
+            raise ApiError(401, "reload needs the header Authorization: Bearer <the server's admin token>.")
+
+    def _infer(self, items: list[tuple[torch.Tensor, Loaded]]) -> list[list[float]]:
+        """A batch of (input, model) pairs -> each input's class probabilities as a plain list; inputs that
+        started under different models (a reload in between) go through their own model."""
+        results: list[list[float]] = []
         with torch.inference_mode():
-            return torch.softmax(self.model(x).float() / self.meta.get("temperature", 1.0), dim=1).tolist()
+            for loaded, group in itertools.groupby(items, key=lambda item: item[1]):
+                x = torch.stack([x for x, _ in group])
+                logits = loaded.model(x).float() / loaded.meta.get("temperature", 1.0)
+                results += torch.softmax(logits, dim=1).tolist()
+        return results
 
-    def prepare(self, data: bytes) -> torch.Tensor:
-        """Image bytes -> the (C, H, W) float input the model takes, with its saved preprocessing."""
-        image = decode(data, self.config.max_pixels)
-        invert = self.config.invert == "always" or (self.config.invert == "auto" and _light_background(image))
-        return self.preprocess((255 - image if invert else image).unsqueeze(0))[0]
+    async def prepare(self, data: bytes, loaded: Loaded) -> tuple[torch.Tensor, bool]:
+        """Image bytes -> the (C, H, W) float input the model takes, with its saved preprocessing, and whether
+        the image was inverted; large images are decoded in a worker thread, off the event loop."""
+        image = open_image(data, self.config.max_pixels)
+        if image.width * image.height > LARGE:
+            return await asyncio.to_thread(self._prepare, image, loaded)
+        return self._prepare(image, loaded)
 
-    async def predict(self, data: bytes) -> dict:
-        started = time.perf_counter()
-        x = self.prepare(data)
+    def _prepare(self, image: Image.Image, loaded: Loaded) -> tuple[torch.Tensor, bool]:
+        pixels = pixels_of(image)
+        invert = self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
+        return loaded.preprocess((255 - pixels if invert else pixels).unsqueeze(0))[0], invert
+
+    async def predict(self, data: bytes, started: float) -> dict:
+        """One image's answer; `started` (time.monotonic()) is when the request arrived: the deadline counts
+        from there."""
+        loaded = self.current
+        x, inverted = await self.prepare(data, loaded)
         self.queue_depth.set(self.batcher.depth())
+        left = self.config.deadline_ms / 1000 - (time.monotonic() - started)
         try:
-            probs = await asyncio.wait_for(self.batcher.submit(x), self.config.deadline_ms / 1000)
+            probs = await asyncio.wait_for(self.batcher.submit((x, loaded)), max(left, 0.001))
         except Overloaded:
             raise ApiError(503, "the server is busy; retry in a second.") from None
         except TimeoutError:
             raise ApiError(504, f"no answer within {self.config.deadline_ms:.0f} ms; retry later.") from None
         best = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:self.config.top_k]
-        top = [{"label": self.classes[i], "probability": probs[i]} for i in best]
+        top = [{"label": loaded.classes[i], "probability": probs[i]} for i in best]
         prediction_id = uuid.uuid4().hex
-        self.recent[prediction_id] = (data, top[0]["label"], self.version)
-        while len(self.recent) > self.config.remember:
-            self.recent.popitem(last=False)
+        self._remember(prediction_id, Remembered(data, top[0]["label"], loaded.version, inverted))
         return {"prediction_id": prediction_id, "label": top[0]["label"], "top": top,
-                "model": {"name": self.name, "version": self.version},
-                "timing_ms": round((time.perf_counter() - started) * 1000, 3)}
+                "model": {"name": loaded.name, "version": loaded.version},
+                "timing_ms": round((time.monotonic() - started) * 1000, 3)}
 
-    def feedback(self, body: dict) -> tuple[dict, bool]:
+    def _remember(self, prediction_id: str, entry: Remembered) -> None:
+        """Keep the last `remember` predictions, within `remember_mb` of image bytes."""
+        self.recent[prediction_id] = entry
+        self.recent_bytes += len(entry.image)
+        while len(self.recent) > self.config.remember or self.recent_bytes > self.config.remember_mb * 2**20:
+            self.recent_bytes -= len(self.recent.popitem(last=False)[1].image)
+
+    async def feedback(self, body: dict) -> tuple[dict, int]:
+        """Store one correction (in a worker thread, committed before returning); returns it and the status."""
         if self.store is None:
             raise ApiError(503, "feedback is disabled on this server (start it with --feedback-db PATH).")
-        label, prediction_id, key = body.get("label"), body.get("prediction_id"), body.get("idempotency_key")
-        if label not in self.classes:
-            raise ApiError(422, f"label {label!r} is not one of the model's classes ({', '.join(self.classes)}).")
+        label, prediction_id, key = (body.get(k) for k in ("label", "prediction_id", "idempotency_key"))
+        for field, value in (("prediction_id", prediction_id), ("idempotency_key", key)):
+            if value is not None and (not isinstance(value, str) or len(value) > 200):
+                raise ApiError(422, f"{field} must be a string of at most 200 characters.")
+        loaded = self.current
+        if not isinstance(label, str) or label not in loaded.classes:
+            raise ApiError(422, f"label {label!r} is not one of the model's classes ({', '.join(loaded.classes)}).")
         if prediction_id is not None:
-            if prediction_id not in self.recent:
+            entry = self.recent.get(prediction_id)
+            if entry is None:
                 raise ApiError(422, f"unknown prediction_id {prediction_id!r} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
-            image, predicted, version = self.recent[prediction_id]
         elif body.get("image") is not None:
-            image, predicted, version = _base64(body["image"]), None, self.version
-            decode(image, self.config.max_pixels)  # only images are stored
+            image = _base64(body["image"])
+            pixels = pixels_of(open_image(image, self.config.max_pixels))  # only images are stored
+            inverted = self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
+            entry = Remembered(image, None, loaded.version, inverted)
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
-        row, new = self.store.add(label, image, predicted=predicted, prediction_id=prediction_id,
-                                  model_version=version, idempotency_key=key)
-        if new:
+        try:
+            row, stored = await asyncio.to_thread(
+                self.store.add, label, entry.image, predicted=entry.predicted, prediction_id=prediction_id,
+                model_version=entry.version, inverted=entry.inverted, idempotency_key=key)
+        except sqlite3.Error as err:
+            log.error("feedback not stored: %s", err)
+            raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
+        if stored.label != label:
+            raise ApiError(409, f"idempotency_key {key!r} was already used for the label {stored.label!r}; use a "
+                                "new key for a new correction.")
+        if stored.new:
             self.feedback_count.inc()
-        return {"feedback_id": row, "label": label, "predicted": predicted, "stored": new}, new
+        return ({"feedback_id": row, "label": label, "predicted": entry.predicted, "stored": stored.new},
+                201 if stored.new else 200)
 
 
 def _light_background(image: torch.Tensor) -> bool:
@@ -279,11 +374,11 @@ async def _images(request: Request, many: bool) -> list[bytes]:
     """The image bytes of a request: multipart fields (file, or files for a batch) or JSON base64."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        form = await request.form()
-        uploads = form.getlist("files" if many else "file") or form.getlist("file" if many else "files")
-        if not uploads or isinstance(uploads[0], str):
-            raise ApiError(422, f"send the image as the multipart field {'files' if many else 'file'!r}.")
-        return [await upload.read() for upload in uploads]
+        async with request.form() as form:
+            uploads = form.getlist("files" if many else "file") or form.getlist("file" if many else "files")
+            if not uploads or any(isinstance(upload, str) for upload in uploads):
+                raise ApiError(422, f"send the image as the multipart field {'files' if many else 'file'!r}.")
+            return [await upload.read() for upload in uploads]
     if kind.startswith("application/json"):
         body = await _json(request)
         values = body.get("images") if many else [body.get("image")]
@@ -296,7 +391,7 @@ async def _images(request: Request, many: bool) -> list[bytes]:
 async def _json(request: Request) -> dict:
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise ApiError(400, "the body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(422, "the body must be a JSON object.")
@@ -327,7 +422,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     async def lifespan(app: FastAPI):
         service.batcher.start()  # the model was warmed up when it loaded
         service.ready = True
-        log.info("serving %s (version %s)", service.name, service.version)
+        log.info("serving %s (version %s)", service.current.name, service.current.version)
         yield
         service.ready = False
         await service.batcher.stop()  # what was accepted is answered before the process exits
@@ -335,7 +430,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
             service.store.close()
 
     app = FastAPI(title="imgclf", version="1", lifespan=lifespan,
-                  description=f"Image classification with {service.name}.")
+                  description=f"Image classification with {service.current.name}.")
     app.state.service = service
 
     app.add_middleware(_BodyLimit, limit=int(config.max_body_mb * 2**20))
@@ -347,32 +442,37 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
     @app.post("/v1/predict", openapi_extra=_IMAGE_BODY, summary="classify one image")
-    async def predict(request: Request) -> dict:
-        return await service.predict((await _images(request, many=False))[0])
+    async def predict(request: Request) -> JSONResponse:
+        result = await service.predict((await _images(request, many=False))[0], request.state.arrived)
+        return JSONResponse(result, headers={"X-Model-Version": result["model"]["version"]})  # the one that answered
 
     @app.post("/v1/predict/batch", openapi_extra=_BATCH_BODY, summary="classify several images")
     async def predict_batch(request: Request) -> dict:
         images = await _images(request, many=True)
         if len(images) > config.max_images:
             raise ApiError(413, f"{len(images)} images in one request, more than the {config.max_images} allowed.")
-        return {"predictions": await asyncio.gather(*(service.predict(data) for data in images))}
+        for data in images:  # every image checked before any is queued
+            open_image(data, config.max_pixels)
+        return {"predictions": await asyncio.gather(*(service.predict(data, request.state.arrived)
+                                                      for data in images))}
 
     @app.post("/v1/feedback", openapi_extra=_FEEDBACK_BODY, status_code=201, summary="correct a prediction")
     async def feedback(request: Request) -> Response:
-        body = await _json(request)
-        result, new = await asyncio.get_running_loop().run_in_executor(None, service.feedback, body)
-        return JSONResponse(result, status_code=201 if new else 200)
+        result, status = await service.feedback(await _json(request))
+        return JSONResponse(result, status_code=status)
 
     if config.admin_token:
         @app.post("/admin/reload", summary="swap in another run of the models folder (needs the admin token)")
         async def reload(request: Request) -> dict:
-            return await service.reload(await _json(request), request.headers.get("authorization"))
+            service.authorized(request.headers.get("authorization"))  # before reading anything else
+            return await service.reload(await _json(request))
 
     @app.get("/v1/model", summary="classes, input and version of the model")
     async def model() -> dict:
-        return {"name": service.name, "version": service.version, "classes": service.classes,
-                "input": service.preprocess.to_dict(), "temperature": service.meta.get("temperature", 1.0),
-                "metrics": service.meta.get("metrics", {}), "invert": config.invert}
+        loaded = service.current
+        return {"name": loaded.name, "version": loaded.version, "classes": loaded.classes,
+                "input": loaded.preprocess.to_dict(), "temperature": loaded.meta.get("temperature", 1.0),
+                "metrics": loaded.meta.get("metrics", {}), "invert": config.invert}
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -6,10 +6,12 @@ the forward pass runs in one worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
+log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
@@ -17,10 +19,10 @@ class Overloaded(Exception):
 
 
 class Batcher:
-    """Groups submitted (C, H, W) inputs into batches of at most max_batch for `infer`, which maps a (B, C, H, W)
-    batch to B results (one per input, in order)."""
+    """Groups submitted inputs into batches of at most max_batch for `infer`, which maps a list of inputs to
+    their results, in order, in one worker thread."""
 
-    def __init__(self, infer: Callable[[torch.Tensor], Sequence], max_batch: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, infer: Callable[[list], Sequence], max_batch: int = 64, max_wait_ms: float = 2.0,
                  max_queue: int = 512, on_batch: Callable[[int], None] | None = None) -> None:
         self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size: None)
@@ -36,12 +38,14 @@ class Batcher:
         await self.queue.join()
         if self.task:
             self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
         self.executor.shutdown(wait=True)
 
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, x: torch.Tensor):
+    async def submit(self, x: object):
         """The result for one input; raises Overloaded when the queue is full."""
         future = asyncio.get_running_loop().create_future()
         try:
@@ -65,11 +69,12 @@ class Batcher:
             try:
                 if live:
                     self.on_batch(len(live))
-                    out = await loop.run_in_executor(self.executor, self.infer, torch.stack([x for x, _ in live]))
+                    out = await loop.run_in_executor(self.executor, self.infer, [x for x, _ in live])
                     for (_, future), row in zip(live, out, strict=True):
                         if not future.done():
                             future.set_result(row)
             except Exception as err:  # the model failed: every waiting request gets the error, the loop goes on
+                log.exception("inference failed for a batch of %d", len(live))
                 for _, future in live:
                     if not future.done():
                         future.set_exception(err)

@@ -190,7 +190,7 @@ class Trainer:
                                   data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
                                   freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
                                   **config.model.options).to(self.device)
-        if config.model.init:
+        if config.model.init and not (folder / "state.pt").is_file():  # a resumed run has its own weights
             self._start_from(config.model.init)
         self.preprocess = self.model.input_spec.preprocess(data_pre)
         self.train_split, self.val_split = (self._maybe_in_memory(s) for s in (self.train_split, self.val_split))
