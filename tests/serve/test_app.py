@@ -332,3 +332,20 @@ def _wait_ready(url: str) -> None:
         except httpx.TransportError:
             time.sleep(0.2)
     raise AssertionError(f"{url} did not become ready")
+
+
+def test_explain_endpoint_and_the_deadline(mnist_run, digits):
+    png = digits[1][0].read_bytes()
+    with (serving(mnist_run, feedback_db=None) as url, httpx.Client(base_url=url) as client):
+        overlay = client.post("/v1/explain", files={"file": png})
+        assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+        assert overlay.headers["x-explained-class"] == "7"
+        with Image.open(io.BytesIO(overlay.content)) as picture:
+            assert np.asarray(picture.convert("L")).std() > 10  # a drawn heatmap, not a blank image
+        other = client.post("/v1/explain", params={"method": "saliency", "target": "3"}, files={"file": png})
+        assert other.headers["x-explained-class"] == "3"
+        assert client.post("/v1/explain", params={"method": "lime"}, files={"file": png}).status_code == 422
+    with (serving(mnist_run, feedback_db=None, max_wait_ms=200, deadline_ms=20) as url,
+          httpx.Client(base_url=url) as client):
+        late = client.post("/v1/predict", files={"file": png})
+        assert late.status_code == 504 and "no answer within 20 ms" in late.json()["error"]

@@ -309,6 +309,34 @@ class Service:
                 "model": {"name": loaded.name, "version": loaded.version},
                 "timing_ms": round((time.monotonic() - started) * 1000, 3)}
 
+    async def explain(self, data: bytes, method: str, target: str | None) -> tuple[bytes, str]:
+        """An attribution overlay (PNG) for the predicted class or `target`, and the class it explains. Captum
+        needs the PyTorch model's gradients (a run directory, not an export)."""
+        from imgclf.evaluate.plots import overlay
+        from imgclf.explain import METHODS, attribute
+
+        loaded = self.current
+        if not isinstance(loaded.model, torch.nn.Module):
+            raise ApiError(422, "explanations need the PyTorch model: serve the run directory, not an export.")
+        if method not in METHODS:
+            raise ApiError(422, f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+        if target is not None and target not in loaded.classes:
+            raise ApiError(422, f"target {target!r} is not one of the model's classes.")
+        image = open_image(data, self.config.max_pixels)
+
+        def work() -> tuple[bytes, str]:
+            x, _ = self._prepare(image, loaded)
+            with torch.no_grad():
+                chosen = loaded.classes.index(target) if target else int(loaded.model(x[None]).argmax())
+            heat = attribute(loaded.model, x[None], torch.tensor([chosen]), method,
+                             baseline=loaded.preprocess.normalize(torch.zeros_like(x[None])))[0]
+            shown = loaded.preprocess.prepare(pixels_of(image).unsqueeze(0))[0]
+            return overlay(shown.numpy(), heat.numpy(), f"{method}: {loaded.classes[chosen]}"), loaded.classes[chosen]
+        try:  # in the inference thread, between batches: Captum hooks the model while it works
+            return await asyncio.get_running_loop().run_in_executor(self.batcher.executor, work)
+        except ImgclfError as err:  # Captum missing
+            raise ApiError(503, str(err)) from None
+
     def _remember(self, prediction_id: str, entry: Remembered) -> None:
         """Keep the last `remember` predictions, within `remember_mb` of image bytes."""
         self.recent[prediction_id] = entry
@@ -466,6 +494,12 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         async def reload(request: Request) -> dict:
             service.authorized(request.headers.get("authorization"))  # before reading anything else
             return await service.reload(await _json(request))
+
+    @app.post("/v1/explain", openapi_extra=_IMAGE_BODY, summary="Grad-CAM of one image as a PNG overlay")
+    async def explain(request: Request, method: str = "gradcam", target: str | None = None) -> Response:
+        data = (await _images(request, many=False))[0]
+        png, label = await service.explain(data, method, target)
+        return Response(png, media_type="image/png", headers={"X-Explained-Class": label})
 
     @app.get("/v1/model", summary="classes, input and version of the model")
     async def model() -> dict:
