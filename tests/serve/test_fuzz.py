@@ -17,7 +17,7 @@ def test_no_generated_request_gets_a_server_error(mnist_run, tmp_path):
                                                   "/admin/reload", "/v1/model", "/health/ready", "/metrics"}
         for operation in operations:
             @given(case=operation.as_strategy())
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def fuzz(case):
                 case.call_and_validate(checks=[not_a_server_error])
 
