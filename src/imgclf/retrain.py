@@ -14,7 +14,7 @@ import torch
 
 from imgclf.config import with_overrides
 from imgclf.errors import ImgclfError
-from imgclf.evaluate.evaluation import eval_data, run_config
+from imgclf.evaluate.evaluation import EvalData, eval_data, run_config
 from imgclf.evaluate.stats import mcnemar
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder
@@ -48,7 +48,10 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
                                      "model.init": str(folder.resolve()), "model.pretrained": False,
                                      "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
     new = train(config, progress=progress).path
-    scores = {label: _score(path, held_dir) for label, path in (("before", folder), ("after", new))}
+    models = {label: load_model(path) for label, path in (("before", folder), ("after", new))}
+    meta = models["before"][1]  # both models know the same classes: the data is read once for both
+    parts = {"test": eval_data(folder, meta), "feedback": eval_data(folder, meta, f"folder:{held_dir}")}
+    scores = {label: _score(model, own_meta, parts) for label, (model, own_meta) in models.items()}
     better = scores["after"]["feedback"]["accuracy"] > scores["before"]["feedback"]["accuracy"]
     kept = scores["after"]["test"]["accuracy"] >= scores["before"]["test"]["accuracy"]
     result = {"before": {"run": str(folder), **_numbers(scores["before"])},
@@ -90,12 +93,10 @@ def _split_feedback(db: str | Path, folder: Path, holdout: float, min_holdout: i
     return folder / "train", folder / "holdout"
 
 
-def _score(run: Path, held_out: Path) -> dict:
-    """Per-image correctness of a run's model on its own test split and on the held-out feedback folder."""
-    model, meta = load_model(run)
+def _score(model: torch.nn.Module, meta: dict, parts: dict[str, EvalData]) -> dict:
+    """Per-image correctness of a model (with its own preprocessing) on each evaluation set."""
     scores = {}
-    for part, source in (("test", None), ("feedback", f"folder:{held_out}")):
-        data = eval_data(run, meta, source)
+    for part, data in parts.items():
         logits = predict_logits(model, data.split, preprocess_of(meta), torch.device("cpu"))
         correct = logits.argmax(axis=1) == data.targets
         scores[part] = {"accuracy": float(correct.mean()), "images": len(correct), "correct": correct}

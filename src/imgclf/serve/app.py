@@ -285,8 +285,12 @@ class Service:
 
     def _prepare(self, image: Image.Image, loaded: Loaded) -> tuple[torch.Tensor, bool]:
         pixels = pixels_of(image)
-        invert = self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
+        invert = self._inverts(pixels)
         return loaded.preprocess((255 - pixels if invert else pixels).unsqueeze(0))[0], invert
+
+    def _inverts(self, pixels: torch.Tensor) -> bool:
+        """Whether --invert applies to this uint8 (C, H, W) image."""
+        return self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
 
     async def predict(self, data: bytes, started: float) -> dict:
         """One image's answer; `started` (time.monotonic()) is when the request arrived: the deadline counts
@@ -363,8 +367,7 @@ class Service:
         elif body.get("image") is not None:
             image = _base64(body["image"])
             pixels = pixels_of(open_image(image, self.config.max_pixels))  # only images are stored
-            inverted = self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
-            entry = Remembered(image, None, loaded.version, inverted)
+            entry = Remembered(image, None, loaded.version, self._inverts(pixels))
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
         try:
