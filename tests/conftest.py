@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import free_port
 from imgclf.data import load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -73,3 +78,46 @@ def image_folder(tmp_path) -> Path:
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()
     return root
+
+
+def _postgres_programs() -> Path:
+    """The folder of PostgreSQL's server programs: on PATH, or where Debian's postgresql package puts them."""
+    found = shutil.which("pg_ctl")
+    candidates = [Path(found).resolve().parent] if found else sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    assert candidates, "PostgreSQL's server programs are needed: apt-get install postgresql (.ci/run installs it)"
+    return candidates[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A real PostgreSQL server for the session, on a loopback port, in a scratch folder (trust authentication).
+    The server refuses to run as root, so as root it runs as Debian's postgres user."""
+    programs = _postgres_programs()
+    root = Path(tempfile.mkdtemp(prefix="imgclf-postgres-"))
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, programs / "initdb", "-D", root / "data", "-U", "imgclf", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, programs / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://imgclf@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, programs / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"{postgres_server}/{name}"

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    if _rank():  # under torchrun only rank 0 reports progress; the others say only what goes wrong
+        level, args.quiet = max(level, logging.WARNING), True
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # other libraries: warnings
     logging.getLogger("imgclf").setLevel(level)
     try:
@@ -236,7 +238,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--deadline-ms", type=float, default=5000, help="per-request deadline (default 5000)")
     serve.add_argument("--invert", choices=["none", "auto", "always"], default="none",
                        help="auto: invert dark-on-light images (photos of digits) for MNIST-style models")
-    serve.add_argument("--feedback-db", default="feedback.db", help="SQLite file for feedback (default feedback.db)")
+    serve.add_argument("--feedback-db", default="feedback.db",
+                       help="SQLite file or PostgreSQL URL for feedback (default feedback.db; "
+                            "postgresql://USER@HOST/DB for several replicas)")
     serve.add_argument("--threads", type=_positive, default=1,
                        help="torch threads for the forward pass (default 1: the event loop needs a core too)")
     serve.add_argument("--admin", action="store_true",
@@ -248,17 +252,17 @@ def _parser() -> argparse.ArgumentParser:
     feedback = commands.add_parser("feedback", help="the corrections collected by imgclf serve").add_subparsers(
         dest="feedback_command", required=True, metavar="ACTION")
     stats = feedback.add_parser("stats", parents=[logs], help="counts, corrections per label, common confusions")
-    stats.add_argument("db", type=Path, metavar="DB", help="the feedback database (imgclf serve --feedback-db)")
+    stats.add_argument("db", metavar="DB", help="the feedback database: file or URL (imgclf serve --feedback-db)")
     stats.set_defaults(run=_feedback_stats)
     dump = feedback.add_parser("export", parents=[logs], help="the images as a <label>/ folder to train on")
-    dump.add_argument("db", type=Path, metavar="DB", help="the feedback database")
+    dump.add_argument("db", metavar="DB", help="the feedback database: file or URL")
     dump.add_argument("--out", type=Path, required=True, help="folder to write <label>/<id>.<format> into")
     dump.set_defaults(run=_feedback_export)
 
     retrain = commands.add_parser("retrain", parents=[logs],
                                   help="fine-tune a run with the feedback it collected; promote it only if better")
     retrain.add_argument("run_dir", type=Path, metavar="RUN", help="the run directory that was served")
-    retrain.add_argument("--feedback", type=Path, required=True, metavar="DB", help="the feedback database")
+    retrain.add_argument("--feedback", required=True, metavar="DB", help="the feedback database: file or URL")
     retrain.add_argument("--epochs", type=float, default=1.0, help="fine-tuning epochs (default 1)")
     retrain.add_argument("--lr-factor", type=float, default=0.1, help="the run's lr times this (default 0.1)")
     retrain.add_argument("--holdout", type=float, default=0.3,
@@ -368,7 +372,7 @@ def _lr_find(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from imgclf.config import load_config
-    from imgclf.training import train
+    from imgclf.training import LostProcess, train
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -378,9 +382,17 @@ def _train(args: argparse.Namespace) -> None:
                               "config and folder.")
         saved = args.resume / "config.yaml"
         config = load_config(saved, overrides) if saved.is_file() else None
-        run = train(config, resume=args.resume, progress=not args.quiet)
     else:
-        run = train(load_config(args.config, overrides), progress=not args.quiet)
+        config = load_config(args.config, overrides)
+    try:
+        run = train(config, resume=args.resume, progress=not args.quiet)
+    except LostProcess as err:
+        # the process group's threads may still wait on the lost process, and unwinding them at exit can
+        # abort; the checkpoint is safe on disk, so leave at once
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        os._exit(1)
+    if _rank():
+        return
     summary = run.summary
     best = summary.get("best") or {}
     print(f"run: {run.path}")
@@ -395,6 +407,11 @@ def _train(args: argparse.Namespace) -> None:
         print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
     if summary["stopped"] == "interrupted":
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -74,6 +74,8 @@ class TrainConfig:
     adversarial: str = "none"  # none, fgsm (random start, 1.25 eps step) or pgd: train on attacked images
     eps: float = 0.3  # adversarial training: L-inf budget in pixel units (images scaled to [0, 1])
     attack_steps: int = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
+    sync_bn: bool = False  # torchrun on GPUs: batch norm statistics over the global batch (SyncBatchNorm)
+    dist_timeout: float = 300.0  # torchrun: seconds a process waits for the others before the run fails
     seed: int = 0
 
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import io
-import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
 
+from helpers import free_port
 from imgclf.serve.app import ServeConfig, create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -45,3 +42,24 @@ def encode(array: np.ndarray, mode: str | None = None, fmt: str = "PNG", **save)
     image = Image.fromarray(array)
     (image.convert(mode) if mode else image).save(buffer, fmt, **save)
     return buffer.getvalue()
+
+
+def start_server(run, *args: str, **popen) -> tuple[subprocess.Popen, str]:
+    """`imgclf serve RUN ARGS` in its own process on a free port; returns the process and its base URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(run), "--port", str(port), *args],
+                               **popen)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str) -> None:
+    """Until /health/ready answers 200 (a minute at most)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not become ready")

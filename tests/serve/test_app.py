@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from serving_helpers import encode, free_port, serving
+from serving_helpers import encode, serving, start_server, wait_ready
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
@@ -188,7 +187,7 @@ def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
     assert "there is no feedback database" in capsys.readouterr().err
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
     assert main(["feedback", "stats", str(tmp_path / "junk.db")]) == 1
-    assert "is not an imgclf feedback database" in capsys.readouterr().err
+    assert "as an imgclf feedback database" in capsys.readouterr().err
 
 
 def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digits, mnist_run):
@@ -240,17 +239,14 @@ def test_dark_on_light_photos_with_invert_auto(mnist_run, digits):
 
 
 def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(mnist_run), "--port", str(port),
-                                "--feedback-db", str(tmp_path / "f.db")], stdout=subprocess.PIPE, text=True)
+    process, url = start_server(mnist_run, "--feedback-db", str(tmp_path / "f.db"), stdout=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url)
+        wait_ready(url)
         answer = httpx.post(f"{url}/v1/predict", files={"file": digits[1][0].read_bytes()})
         assert answer.status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        assert f"serving {mnist_run} on http://127.0.0.1:{port}" in process.stdout.read()
+        assert f"serving {mnist_run} on {url}" in process.stdout.read()
     finally:
         process.kill()
 
@@ -291,12 +287,10 @@ def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_servi
 def test_kill_9_during_feedback_loses_no_acknowledged_row(mnist_run, digits, tmp_path):
     db = tmp_path / "feedback.db"
     image = base64.b64encode(digits[1][0].read_bytes()).decode()
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(mnist_run), "--port", str(port),
-                                "--feedback-db", str(db)], stdout=subprocess.DEVNULL)
-    url, acknowledged = f"http://127.0.0.1:{port}", []
+    process, url = start_server(mnist_run, "--feedback-db", str(db), stdout=subprocess.DEVNULL)
+    acknowledged = []
     try:
-        _wait_ready(url)
+        wait_ready(url)
 
         def post(i: int) -> None:
             try:
@@ -321,17 +315,6 @@ def test_kill_9_during_feedback_loses_no_acknowledged_row(mnist_run, digits, tmp
     with sqlite3.connect(db) as check:  # opening recovers the WAL
         stored = {key for (key,) in check.execute("SELECT idempotency_key FROM feedback")}
     assert len(acknowledged) >= 40 and set(acknowledged) <= stored
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not become ready")
 
 
 def test_explain_endpoint_and_the_deadline(mnist_run, digits):

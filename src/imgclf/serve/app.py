@@ -13,7 +13,6 @@ import io
 import itertools
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections import OrderedDict
@@ -32,7 +31,7 @@ from imgclf.errors import ImgclfError
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 from imgclf.serve.batcher import Batcher, Overloaded
-from imgclf.serve.feedback import FeedbackStore
+from imgclf.serve.feedback import FeedbackStore, StoreError
 
 log = logging.getLogger(__name__)
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
@@ -52,7 +51,7 @@ class ServeConfig:
     deadline_ms: float = 5000  # a request not answered by then gets 504
     top_k: int = 5
     invert: str = "none"  # none, auto (dark-on-light photos of digits for MNIST-style models), always
-    feedback_db: str | None = None  # SQLite file; None: feedback disabled (503)
+    feedback_db: str | None = None  # SQLite file or database URL; None: feedback disabled (503)
     remember: int = 10_000  # recent predictions whose id /v1/feedback accepts,
     remember_mb: float = 256.0  # within this much memory of image bytes
     admin_token: str | None = None  # enables POST /admin/reload (off when None)
@@ -374,8 +373,8 @@ class Service:
             row, stored = await asyncio.to_thread(
                 self.store.add, label, entry.image, predicted=entry.predicted, prediction_id=prediction_id,
                 model_version=entry.version, inverted=entry.inverted, idempotency_key=key)
-        except sqlite3.Error as err:
-            log.error("feedback not stored: %s", err)
+        except StoreError as err:
+            log.error("%s", err)
             raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
         if stored.label != label:
             raise ApiError(409, f"idempotency_key {key!r} was already used for the label {stored.label!r}; use a "

@@ -1,35 +1,63 @@
-"""The feedback store: corrected labels with their images, in SQLite (WAL, one committed transaction per write)."""
+"""The feedback store: corrected labels with their images, in a SQLite file (the default) or PostgreSQL (shared by
+several serving replicas). One committed transaction per write; the schema is created and migrated in code."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
-import threading
 import time
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from imgclf.data.transforms import image_to_tensor
 from imgclf.errors import ImgclfError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    label TEXT NOT NULL,             -- the corrected (true) label
-    predicted TEXT,                  -- what the model said, when the feedback names a prediction
-    prediction_id TEXT,
-    model_version TEXT,
-    image_sha256 TEXT NOT NULL,
-    image BLOB NOT NULL,             -- the bytes as uploaded
-    inverted INTEGER NOT NULL DEFAULT 0,  -- the server inverted it before the model saw it (--invert)
-    idempotency_key TEXT UNIQUE
-);
-"""
+_TABLES = MetaData()
+FEEDBACK = Table(
+    "feedback", _TABLES,
+    Column("id", Integer, primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("label", Text, nullable=False),  # the corrected (true) label
+    Column("predicted", Text),  # what the model said, when the feedback names a prediction
+    Column("prediction_id", Text),
+    Column("model_version", Text),
+    Column("image_sha256", Text, nullable=False),
+    Column("image", LargeBinary, nullable=False),  # the bytes as uploaded
+    Column("inverted", Integer, nullable=False, server_default="0"),  # the server inverted it (--invert)
+    Column("idempotency_key", Text, unique=True),
+    sqlite_autoincrement=True)
+SCHEMA_VERSION = Table("imgclf_schema", _TABLES, Column("version", Integer, primary_key=True),
+                       Column("applied", Float, nullable=False))
+# MIGRATIONS[i] takes a database from schema version i to i + 1. Version 1 is the first table (SQLite files
+# written before versions were recorded have it already). Append new steps; never change old ones.
+MIGRATIONS: list[Callable[[Connection], None]] = [lambda db: FEEDBACK.create(db, checkfirst=True)]
+
+
+class StoreError(ImgclfError):
+    """The feedback database cannot be reached or written right now."""
 
 
 class Stored(NamedTuple):
@@ -37,66 +65,138 @@ class Stored(NamedTuple):
     label: str  # the label stored under the key
 
 
+def engine_for(target: str | Path, *, read_only: bool = False) -> Engine:
+    """An engine for a feedback database: a SQLite file's path, or a URL (sqlite:///PATH, postgresql://USER@HOST/DB).
+    A read-only SQLite engine needs the file to exist; a writing one creates it (WAL, synced commits)."""
+    name = str(target)
+    if "://" not in name:
+        path = Path(name)
+        if read_only and not path.is_file():
+            raise ImgclfError(f"there is no feedback database {path}; imgclf serve writes it (--feedback-db).")
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        name = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true" if read_only else f"sqlite:///{path}"
+    try:
+        url = make_url(name)
+    except ArgumentError as err:
+        raise ImgclfError(f"{target} is neither a file path nor a database URL ({err}).") from err
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ImgclfError(f"the feedback database must be SQLite or PostgreSQL, not {url.get_backend_name()}.")
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, from the postgres extra
+    try:
+        engine = create_engine(url, pool_pre_ping=True,
+                               connect_args={"timeout": 10} if url.get_backend_name() == "sqlite" else {})
+    except ImportError as err:
+        raise ImgclfError(f"{url.render_as_string(hide_password=True)} needs a database driver that is not "
+                          f"installed ({err}); pip install 'imgclf[postgres]'.") from err
+    if engine.dialect.name == "sqlite" and not read_only:
+        event.listen(engine, "connect", _sqlite_settings)
+        # the driver's own transaction handling is off (above); take the write lock at BEGIN, so concurrent
+        # writers queue on the busy timeout instead of failing to upgrade a read lock
+        event.listen(engine, "begin", lambda db: db.exec_driver_sql("BEGIN IMMEDIATE"))
+    return engine
+
+
+def _sqlite_settings(connection, _record) -> None:
+    connection.isolation_level = None
+    mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise ImgclfError(f"the feedback database cannot use SQLite's WAL mode (it is in {mode} mode); put it on "
+                          "a local disk.")
+    connection.execute("PRAGMA synchronous=FULL")  # a 2xx means the row survives a crash or power loss
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the database to the latest schema (one process at a time); returns the version it is at."""
+    with engine.begin() as db:
+        if db.dialect.name == "postgresql":  # replicas starting together: the others wait here
+            db.execute(select(func.pg_advisory_xact_lock(0x1D6C1F)))
+        SCHEMA_VERSION.create(db, checkfirst=True)
+        version = db.execute(select(func.max(SCHEMA_VERSION.c.version))).scalar() or 0
+        if version > len(MIGRATIONS):
+            raise ImgclfError(f"{_where(engine)} has feedback schema version {version}, newer than this imgclf "
+                              f"knows ({len(MIGRATIONS)}); upgrade imgclf.")
+        for number in range(version, len(MIGRATIONS)):
+            MIGRATIONS[number](db)
+            db.execute(SCHEMA_VERSION.insert().values(version=number + 1, applied=time.time()))
+    return len(MIGRATIONS)
+
+
 class FeedbackStore:
-    """Thread-safe, and safe to share between processes (SQLite locking); every add is committed, and synced,
+    """Thread-safe, and safe to share between processes and replicas; every add is committed (and synced)
     before it returns."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise ImgclfError(f"{self.path} cannot use SQLite's WAL mode (it is in {mode} mode); put the feedback "
-                              "database on a local disk.")
-        self.db.execute("PRAGMA synchronous=FULL")  # a 2xx means the row survives a crash or power loss
-        self.db.executescript(SCHEMA)
+    def __init__(self, target: str | Path) -> None:
+        self.engine = engine_for(target)
+        self.where = _where(self.engine)
+        try:
+            migrate(self.engine)
+        except DBAPIError as err:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the feedback database {self.where}: {_first_line(err)}") from err
+        self._insert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
 
     def add(self, label: str, image: bytes, *, predicted: str | None = None, prediction_id: str | None = None,
             model_version: str | None = None, inverted: bool = False,
             idempotency_key: str | None = None) -> tuple[int, Stored]:
         """Store one correction in its own transaction; returns its row id and whether it is new. A repeated
         idempotency key stores nothing and returns the first row and its label."""
-        with self.lock:
-            cursor = self.db.execute(
-                "INSERT INTO feedback (created, label, predicted, prediction_id, model_version, image_sha256, image, "
-                "inverted, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(idempotency_key) DO NOTHING",
-                (time.time(), label, predicted, prediction_id, model_version, hashlib.sha256(image).hexdigest(),
-                 image, int(inverted), idempotency_key))
-            if cursor.rowcount == 1:
-                return cursor.lastrowid, Stored(True, label)
-            row_id, first = self.db.execute("SELECT id, label FROM feedback WHERE idempotency_key = ?",
-                                            (idempotency_key,)).fetchone()
-            return row_id, Stored(False, first)
+        row = {"created": time.time(), "label": label, "predicted": predicted, "prediction_id": prediction_id,
+               "model_version": model_version, "image_sha256": hashlib.sha256(image).hexdigest(), "image": image,
+               "inverted": int(inverted), "idempotency_key": idempotency_key}
+        insert = (self._insert(FEEDBACK).values(row).on_conflict_do_nothing(index_elements=["idempotency_key"])
+                  .returning(FEEDBACK.c.id))
+        try:
+            with self.engine.begin() as db:
+                row_id = db.execute(insert).scalar()
+                if row_id is not None:
+                    return row_id, Stored(True, label)
+                first = db.execute(select(FEEDBACK.c.id, FEEDBACK.c.label)
+                                   .where(FEEDBACK.c.idempotency_key == idempotency_key)).one()
+                return first.id, Stored(False, first.label)
+        except DBAPIError as err:
+            raise StoreError(f"feedback not stored in {self.where}: {_first_line(err)}") from err
 
     def close(self) -> None:
-        with self.lock:
-            self.db.close()
+        self.engine.dispose()
 
 
-def _open(path: str | Path) -> sqlite3.Connection:
-    if not Path(path).is_file():
-        raise ImgclfError(f"there is no feedback database {path}; imgclf serve writes it (--feedback-db).")
+def _first_line(err: DBAPIError) -> str:
+    return str(err.orig or err).strip().splitlines()[0]
+
+
+@contextmanager
+def _reading(target: str | Path) -> Iterator[Connection]:
+    """A connection for reading a feedback database (a SQLite file is opened read-only)."""
+    engine = engine_for(target, read_only=True)
     try:
-        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        db.execute("SELECT COUNT(*) FROM feedback")
-    except sqlite3.DatabaseError as err:
-        raise ImgclfError(f"{path} is not an imgclf feedback database ({err}).") from err
-    return db
+        with engine.connect() as db:
+            db.execute(select(func.count()).select_from(FEEDBACK))
+            yield db
+    except DBAPIError as err:
+        raise ImgclfError(f"cannot read {_where(engine)} as an imgclf feedback database ({_first_line(err)}).") from err
+    finally:
+        engine.dispose()
 
 
 def stats(path: str | Path) -> dict:
     """Counts, corrections per label and the most common (predicted -> corrected) pairs of a feedback database."""
-    with closing(_open(path)) as db:
-        total = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-        per_label = dict(db.execute("SELECT label, COUNT(*) FROM feedback GROUP BY label ORDER BY label"))
-        confusions = [{"predicted": p, "label": t, "count": n} for p, t, n in db.execute(
+    with _reading(path) as db:
+        def query(sql: str) -> list:
+            return [tuple(row) for row in db.execute(text(sql))]
+
+        total = query("SELECT COUNT(*) FROM feedback")[0][0]
+        per_label = dict(query("SELECT label, COUNT(*) FROM feedback GROUP BY label ORDER BY label"))
+        confusions = [{"predicted": p, "label": t, "count": n} for p, t, n in query(
             "SELECT predicted, label, COUNT(*) AS n FROM feedback WHERE predicted IS NOT NULL AND predicted != label "
             "GROUP BY predicted, label ORDER BY n DESC, predicted, label LIMIT 10")]
-        agreed = db.execute("SELECT COUNT(*) FROM feedback WHERE predicted = label").fetchone()[0]
-        versions = dict(db.execute("SELECT model_version, COUNT(*) FROM feedback GROUP BY model_version"))
+        agreed = query("SELECT COUNT(*) FROM feedback WHERE predicted = label")[0][0]
+        versions = dict(query("SELECT model_version, COUNT(*) FROM feedback GROUP BY model_version"))
     return {"feedback": total, "per_label": per_label, "confirmed": agreed, "confusions": confusions,
             "model_versions": versions}
 
@@ -106,8 +206,9 @@ def export(path: str | Path, out: str | Path) -> int:
     returns how many."""
     out = Path(out)
     count = 0
-    with closing(_open(path)) as db:
-        for row_id, label, image, inverted in db.execute("SELECT id, label, image, inverted FROM feedback ORDER BY id"):
+    with _reading(path) as db:
+        for row_id, label, image, inverted in db.execute(
+                select(FEEDBACK.c.id, FEEDBACK.c.label, FEEDBACK.c.image, FEEDBACK.c.inverted).order_by(FEEDBACK.c.id)):
             if label in ("", ".", "..") or "/" in label or "\\" in label:
                 raise ImgclfError(f"feedback row {row_id} has the label {label!r}, which cannot be a folder name.")
             folder = out / label

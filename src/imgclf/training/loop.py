@@ -38,15 +38,22 @@ from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
+from imgclf.training.distributed import SINGLE, Group, join, leave, lost
 from imgclf.training.optim import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
 # settings a resumed run may change: where the data is and how it is read, and when to stop
-_RESUMABLE = {"data": {"data_dir", "num_workers"}, "train": {"epochs", "time", "early_stop", "device"}}
+_RESUMABLE = {"data": {"data_dir", "num_workers"},
+              "train": {"epochs", "time", "early_stop", "device", "dist_timeout"}}
+_STOPS = ("", "interrupted", "time budget", "max steps")  # why a session ends before its last step
 
 
 class TrainingError(ImgclfError):
     """Training cannot go on (a non-finite loss, a mismatched resume)."""
+
+
+class LostProcess(TrainingError):
+    """Another process of a distributed run died, hung or became unreachable."""
 
 
 @dataclass
@@ -67,20 +74,29 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     on_epoch(row) sees every epoch's metrics row and may return True to stop the run there ("pruned").
     test=False leaves the test split alone (hyperparameter search selects on validation only)."""
     started = time.monotonic()
-    if resume is not None:
-        folder = Path(resume)
-        config = _resume_config(folder, config)
-    else:
-        config = config or Config()
-        folder = _new_folder(config)
-    trainer = Trainer(config, folder, progress, on_epoch, test)  # fails on bad settings before anything is written
-    if resume is not None:
-        trainer.restore()
-    else:
-        folder.mkdir(parents=True)
-        config.save(folder / "config.yaml")
-        trainer.checkpoint()  # step 0: the run can be resumed (or inspected) whatever happens next
-    return trainer.fit(started, max_steps)
+    config = _resume_config(Path(resume), config) if resume is not None else config or Config()
+    group = join(pick_device(config.train.device), config.train.dist_timeout)  # under torchrun: all processes
+    try:
+        folder = Path(resume) if resume is not None else group.agree(lambda: _new_folder(config))
+        # fails on bad settings before anything is written
+        trainer = Trainer(config, folder, progress and group.main, on_epoch, test, group=group)
+        if resume is not None:
+            trainer.restore()
+        else:
+            if group.main:
+                folder.mkdir(parents=True)
+                config.save(folder / "config.yaml")
+            trainer.checkpoint()  # step 0: the run can be resumed (or inspected) whatever happens next
+        return trainer.fit(started, max_steps)
+    except RuntimeError as err:
+        if not (group.active and lost(err)):
+            raise
+        raise LostProcess(
+            f"process {group.rank} of {group.world} lost the other processes of this run "
+            f"({str(err).strip().splitlines()[0]}); one of them failed or stopped, see its own error. The last "
+            f"checkpoint is in {folder}: continue with `torchrun ... -m imgclf train --resume {folder}`.") from err
+    finally:
+        leave(group)
 
 
 def parse_duration(text: str) -> float:
@@ -152,6 +168,7 @@ def _check_settings(config: Config) -> None:
         (cfg.attack_steps >= 1, f"train.attack_steps must be at least 1, got {cfg.attack_steps}"),
         (data.noise >= 0, f"data.noise must be 0 or more (a std in pixel units), got {data.noise}"),
         (data.num_workers >= 0, f"data.num_workers must be 0 or more, got {data.num_workers}"),
+        (cfg.dist_timeout > 0, f"train.dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}"),
         (data.folds is None or 0 <= data.fold < data.folds >= 2,
          f"data.folds must be at least 2 and data.fold in 0..folds-1, got folds {data.folds}, fold {data.fold}"),
     ]
@@ -166,12 +183,19 @@ class Trainer:
     """Everything one run needs, its resumable state, and the loop."""
 
     def __init__(self, config: Config, folder: Path, progress: bool,
-                 on_epoch: Callable[[dict], bool] | None = None, test: bool = True) -> None:
+                 on_epoch: Callable[[dict], bool] | None = None, test: bool = True, *, group: Group = SINGLE) -> None:
         self.config, self.folder, self.progress, self.on_epoch, self.test = config, folder, progress, on_epoch, test
         cfg, data = config.train, config.data
         torch.manual_seed(cfg.seed)
         _check_settings(config)
-        self.device = pick_device(cfg.device)
+        self.group = group
+        self.device = group.place(pick_device(cfg.device))
+        if cfg.batch_size % group.world:
+            raise ImgclfError(f"train.batch_size is the global batch, split evenly among the {group.world} "
+                              f"processes; {cfg.batch_size} does not divide by {group.world}: use a multiple of it.")
+        if cfg.sync_bn and group.active and self.device.type != "cuda":
+            raise ImgclfError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA); on CPU leave it "
+                              "off: each process then normalizes over its own share of the batch.")
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ImgclfError(f"precision fp16 is not supported on {self.device.type}; use fp32 or bf16 "
                               "(fp16 needs CUDA).")
@@ -192,6 +216,10 @@ class Trainer:
                                   **config.model.options).to(self.device)
         if config.model.init and not (folder / "state.pt").is_file():  # a resumed run has its own weights
             self._start_from(config.model.init)
+        if cfg.sync_bn and group.active:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if group.rank:  # the same initial weights everywhere, but each process its own dropout and augmentation
+            torch.manual_seed(cfg.seed + 7919 * group.rank)
         self.preprocess = self.model.input_spec.preprocess(data_pre)
         self.train_split, self.val_split = (self._maybe_in_memory(s) for s in (self.train_split, self.val_split))
         self.augment = replace(augment_preset(self.dataset.kind if data.augment == "auto" else data.augment),
@@ -199,6 +227,10 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = AveragedModel(self.model, avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True) if cfg.ema else None
+        self.local_batch = cfg.batch_size // group.world  # this process's share of each global batch
+        self.val_shard = self.val_split  # each process validates every world-th image; the sums are combined
+        if group.active and self.val_split is not None:
+            self.val_shard = self.val_split.take(range(group.rank, len(self.val_split), group.world))
         self.steps_per_epoch = len(self.train_split) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise ImgclfError(f"batch size {cfg.batch_size} is larger than the {len(self.train_split)} training "
@@ -211,7 +243,8 @@ class Trainer:
         # resumable state
         self.epoch, self.batch, self.step, self.skipped, self.bad_epochs, self.elapsed = 0, 0, 0, 0, 0, 0.0
         self.session_start = time.monotonic()  # elapsed counts training time over all sessions of the run
-        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * group.rank)
+        self.net, self.trainable = self.model, None  # the model as the forward pass sees it (DDP under torchrun)
         self.partial = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: list[dict] = []
         self.best: dict = {}
@@ -234,9 +267,11 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "skipped": self.skipped, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed_now(),
-                "aug_rng": self.aug_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "partial": dict(self.partial), "history": self.history, "best": self.best}
+                **self._rng_state(), "partial": dict(self.partial), "history": self.history, "best": self.best}
+
+    def _rng_state(self) -> dict:
+        return {"aug_rng": self.aug_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
 
     def restore(self) -> None:
         """Load state.pt (weights_only: plain tensors and numbers) and carry on from it."""
@@ -255,14 +290,25 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "batch", "step", "skipped", "bad_epochs", "elapsed", "partial", "history", "best"):
             setattr(self, key, state[key])
-        self.aug_rng.set_state(state["aug_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks = [state, *state.get("other_ranks", [])]  # random streams: rank 0's, then one per other process
+        if len(ranks) != self.group.world:
+            log.warning("%s was saved by %d process(es) and resumes with %d: the random streams (augmentation, "
+                        "dropout) of the others start afresh, so this is not a bit-exact resume",
+                        self.folder, len(ranks), self.group.world)
+        if self.group.rank < len(ranks):
+            rng = ranks[self.group.rank]
+            self.aug_rng.set_state(rng["aug_rng"])
+            torch.set_rng_state(rng["torch_rng"])
+            if self.device.type == "cuda" and rng["cuda_rng"]:
+                torch.cuda.set_rng_state_all(rng["cuda_rng"])
         log.info("resuming %s at epoch %d, step %d", self.folder, self.epoch + 1, self.step)
 
     def checkpoint(self) -> None:
-        atomic_write(self.folder / "state.pt", lambda tmp: torch.save(self.state_dict(), tmp))
+        """state.pt, written by rank 0 with every process's random streams (all processes call this)."""
+        others = self.group.gather(self._rng_state())[1:]
+        if self.group.main:
+            atomic_write(self.folder / "state.pt",
+                         lambda tmp: torch.save({**self.state_dict(), "other_ranks": others}, tmp))
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, started: float, max_steps: int | None) -> Run:
@@ -274,9 +320,13 @@ class Trainer:
                 # transfer learning: only the head for the first freeze_epochs, then the configured freeze
                 frozen = cfg.freeze_epochs and self.epoch < cfg.freeze_epochs
                 self.model.freeze("backbone" if frozen else self.config.model.freeze)
+                trainable = [p.requires_grad for p in self.model.parameters()]
+                if trainable != self.trainable:  # DDP synchronizes the parameters that train when it is built
+                    self.net, self.trainable = self.group.wrap(self.model, self.device), trainable
                 order = torch.randperm(len(self.train_split),
                                        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
-                stop = self._train_epoch(order[self.batch * cfg.batch_size:], steps_at_start, max_steps)
+                order = self.group.shard(order[self.batch * cfg.batch_size:], cfg.batch_size)
+                stop = self._train_epoch(order, steps_at_start, max_steps)
                 if not stop or self.batch == self.steps_per_epoch:
                     stop = self._end_epoch() or stop
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the step loop
@@ -308,12 +358,11 @@ class Trainer:
 
     def _train_epoch(self, order: torch.Tensor, steps_at_start: int, max_steps: int | None) -> str:
         """Steps over `order` until the epoch, the step count or a budget ends; returns why it stopped early."""
-        cfg = self.config.train
         self.model.train()
-        remaining = min(len(order) // cfg.batch_size, self.total_steps - self.step)
+        remaining = min(len(order) // self.local_batch, self.total_steps - self.step)
         bar = tqdm(total=remaining, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not self.progress)
-        stream = batches(self.train_split, self.preprocess, cfg.batch_size, order=order, augment=self.augment,
+        stream = batches(self.train_split, self.preprocess, self.local_batch, order=order, augment=self.augment,
                          generator=self.aug_rng, device=self.device, num_workers=self.config.data.num_workers,
                          drop_last=True)
         with bar:
@@ -323,12 +372,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.partial['loss'] / max(1, self.partial['count']):.4f}", refresh=False)
                 if self.step >= self.total_steps:
                     break
-                if self.interrupted:
-                    return "interrupted"
-                if self.budget and time.monotonic() - self.session_start >= self.budget:
-                    return "time budget"
-                if max_steps is not None and self.step - steps_at_start >= max_steps:
-                    return "max steps"
+                reason = ("interrupted" if self.interrupted else
+                          "time budget" if self.budget and time.monotonic() - self.session_start >= self.budget else
+                          "max steps" if max_steps is not None and self.step - steps_at_start >= max_steps else "")
+                reason = self.group.first(_STOPS, reason)  # all processes stop after the same step
+                if reason:
+                    return reason
         return ""
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -342,11 +391,16 @@ class Trainer:
         # skipping a bad batch must also undo what its forward pass did to batch norm statistics
         buffers = [b.clone() for b in self.model.buffers()] if cfg.nonfinite == "skip" else []
         with autocast:
-            logits = self.model(x)
+            logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y, weight=self.loss_weights, label_smoothing=cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            self._nonfinite(loss)
+        finite = bool(torch.isfinite(loss))
+        # summed over the processes: every one skips a step if any has a non-finite loss
+        loss_sum, correct, count, bad = self.group.sum(
+            [loss.item() * len(y) if finite else 0.0, float((logits.argmax(1) == y).sum()), len(y), not finite],
+            self.device)
+        if bad:
+            self._nonfinite(loss.item() if not finite else math.nan)
             with torch.no_grad():
                 for saved, buffer in zip(buffers, self.model.buffers(), strict=True):
                     buffer.copy_(saved)
@@ -359,9 +413,9 @@ class Trainer:
             self.scaler.update()
             if self.ema:
                 self.ema.update_parameters(self.model)
-            self.partial["loss"] += loss.item() * len(y)
-            self.partial["correct"] += int((logits.argmax(1) == y).sum())
-            self.partial["count"] += len(y)
+            self.partial["loss"] += loss_sum
+            self.partial["correct"] += int(correct)
+            self.partial["count"] += int(count)
             if self.per_step:
                 self.schedule.step()
         self.step += 1
@@ -382,14 +436,14 @@ class Trainer:
             self.model.train()
         return pre.normalize(adv)
 
-    def _nonfinite(self, loss: torch.Tensor) -> None:
+    def _nonfinite(self, loss: float) -> None:
         where = f"epoch {self.epoch + 1}, step {self.step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
         if self.config.train.nonfinite == "skip" and self.skipped < 100:
             self.skipped += 1
-            log.warning("loss is %s at %s; step skipped", loss.item(), where)
+            log.warning("loss is %s at %s; step skipped", loss, where)
             return
         skipped = f" after {self.skipped} skipped steps" if self.skipped else ""
-        raise TrainingError(f"the loss became {loss.item()} at {where}{skipped}. Lower the learning rate (train.lr), "
+        raise TrainingError(f"the loss became {loss} at {where}{skipped}. Lower the learning rate (train.lr), "
                             "or clip gradients (train.clip 1.0). Nothing from this step was saved; the last "
                             f"good checkpoint stays in {self.folder}.")
 
@@ -410,7 +464,8 @@ class Trainer:
             self.schedule.step(row.get(cfg.monitor, row["train_loss"]))
         improved = self._keep_if_best(row)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
-        self._write_metrics()
+        if self.group.main:
+            self._write_metrics()
         self.checkpoint()
         values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "seconds"))
         log.info("epoch %g: %s  (%.1fs)", row["epoch"], values, row["seconds"])
@@ -424,16 +479,17 @@ class Trainer:
         """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
         if self.val_split is None:
             return {}
-        loss, accuracy = self._evaluate(self.ema.module if self.ema else self.model, self.val_split)
+        loss, correct = self._scores(self.ema.module if self.ema else self.model, self.val_shard)
+        loss, correct, count = self.group.sum([loss, correct, len(self.val_shard)], self.device)
         self.model.train()
-        return {"val_loss": loss, "val_acc": accuracy}
+        return {"val_loss": loss / count, "val_acc": correct / count}
 
-    def _evaluate(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of `model` (put in eval mode) on `split`."""
+    def _scores(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
+        """Summed cross-entropy and number right of `model` (put in eval mode) on `split`."""
         logits = torch.from_numpy(predict_logits(model, split, self.preprocess, self.device,
                                                  num_workers=self.config.data.num_workers))
-        correct = (logits.argmax(1) == split.labels).sum().item()
-        return F.cross_entropy(logits, split.labels).item(), correct / len(split)
+        return (F.cross_entropy(logits, split.labels, reduction="sum").item(),
+                float((logits.argmax(1) == split.labels).sum()))
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
@@ -442,6 +498,7 @@ class Trainer:
         better = not self.best or (value < self.best["value"] if key == "val_loss" else value > self.best["value"])
         if better:
             self.best = {"value": value, "metric": key, "epoch": row["epoch"], "step": row["step"]}
+        if better and self.group.main:
             model = self.ema.module if self.ema else self.model
             save_model(self.folder, model, self.dataset.classes, self.preprocess,
                        dataset=self.config.data.dataset, metrics={k: v for k, v in row.items()})
@@ -461,15 +518,18 @@ class Trainer:
             row = {"epoch": self.epoch + self.batch / self.steps_per_epoch, "step": self.step, **self.validate()}
             self._keep_if_best(row)
         self.checkpoint()
-        log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
-                    reason, self.epoch + self.batch / self.steps_per_epoch, self.step, self.folder)
+        if self.group.main:
+            log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
+                        reason, self.epoch + self.batch / self.steps_per_epoch, self.step, self.folder)
 
     def _finish(self, stop: str, started: float) -> Run:
         summary = {"stopped": stop or "done", "epochs": self.step / self.steps_per_epoch, "steps": self.step,
-                   "device": str(self.device), "threads": torch.get_num_threads(),
+                   "device": str(self.device), "threads": torch.get_num_threads(), "processes": self.group.world,
                    "best": self.best, "train_seconds": round(self.elapsed, 2),
                    "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped,
                    "train_images": len(self.train_split), "val_images": len(self.val_split or ())}
+        if not self.group.main:  # rank 0 tests the saved model and writes the summary
+            return Run(self.folder, self.config, self.history, summary)
         if self.test and "test" in self.dataset.splits and self.best and stop not in ("interrupted", "pruned"):
             summary["test_acc"] = self._test_accuracy()
         atomic_write(self.folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
@@ -477,10 +537,9 @@ class Trainer:
 
     def _test_accuracy(self) -> float:
         """Accuracy of the saved (best) model on the test split: reported, never used for any choice."""
-        from imgclf.rundir import load_model
-
         model, _ = load_model(self.folder)
-        return self._evaluate(model.to(self.device), self.dataset.split("test"))[1]
+        test = self.dataset.split("test")
+        return self._scores(model.to(self.device), test)[1] / len(test)
 
     def _maybe_in_memory(self, split: Split | None) -> Split | None:
         """An image-folder split decoded once into memory, when data.in_memory says so (null: if it fits)."""

@@ -1,0 +1,111 @@
+"""The feedback store on both of its databases: a SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from serving_helpers import encode
+
+from imgclf.errors import ImgclfError
+from imgclf.serve.feedback import MIGRATIONS, FeedbackStore, StoreError, export, stats
+
+PNG = encode(np.full((28, 28), 200, dtype=np.uint8))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str:
+    """A new feedback database: a SQLite file's path or a PostgreSQL URL."""
+    return str(tmp_path / "feedback.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+def test_rows_idempotency_stats_and_export_on_either_database(database, tmp_path):
+    store = FeedbackStore(database)
+    try:
+        first, stored = store.add("3", PNG, predicted="8", model_version="v1", idempotency_key="a")
+        assert stored.new and stored.label == "3"
+        assert store.add("3", PNG, predicted="8", idempotency_key="a") == (first, stored._replace(new=False))
+        assert store.add("5", PNG, idempotency_key="a")[1].label == "3"  # the app answers 409 on this
+        for i in range(8):
+            store.add(str(i % 2), PNG, predicted="1", inverted=i == 0)  # no key: every one is a new row
+    finally:
+        store.close()
+    numbers = stats(database)
+    assert numbers["feedback"] == 9 and numbers["per_label"] == {"0": 4, "1": 4, "3": 1}
+    assert numbers["confirmed"] == 4 and numbers["confusions"][0] == {"predicted": "1", "label": "0", "count": 4}
+    assert export(database, tmp_path / "out") == 9
+    assert sorted(p.parent.name for p in (tmp_path / "out").rglob("*.png")).count("0") == 4
+    FeedbackStore(database).close()  # opening again migrates nothing and keeps every row
+    assert stats(database)["feedback"] == 9
+
+
+def test_concurrent_writers_lose_nothing_and_share_idempotency_keys(database):
+    stores = [FeedbackStore(database) for _ in range(2)]  # two replicas' stores, each with its own connections
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: stores[i % 2].add(str(i % 10), PNG, idempotency_key=f"k{i // 2}"),
+                                    range(200)))
+    finally:
+        for store in stores:
+            store.close()
+    assert sum(stored.new for _, stored in results) == 100  # each key sent twice, once to each store
+    assert len({row for row, _ in results}) == 100 and stats(database)["feedback"] == 100
+
+
+def test_a_database_from_before_schema_versions_is_migrated_in_place(tmp_path):
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:  # the table exactly as imgclf 0.1 created it, with a row
+        db.executescript("""
+            CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, label TEXT NOT NULL,
+                predicted TEXT, prediction_id TEXT, model_version TEXT, image_sha256 TEXT NOT NULL,
+                image BLOB NOT NULL, inverted INTEGER NOT NULL DEFAULT 0, idempotency_key TEXT UNIQUE);
+            INSERT INTO feedback (created, label, image_sha256, image, idempotency_key)
+                VALUES (1.0, '7', 'x', X'00', 'old');""")
+    store = FeedbackStore(old)
+    try:
+        assert store.add("7", PNG, idempotency_key="old")[1].new is False  # the old row and its key are kept
+        assert store.add("2", PNG)[1].new
+    finally:
+        store.close()
+    with sqlite3.connect(old) as db:
+        assert db.execute("SELECT version FROM imgclf_schema").fetchall() == [(len(MIGRATIONS),)]
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (2,)
+
+
+def test_a_newer_schema_is_refused(database):
+    FeedbackStore(database).close()
+    store = FeedbackStore(database)
+    with store.engine.begin() as db:
+        db.exec_driver_sql(f"INSERT INTO imgclf_schema (version, applied) VALUES ({len(MIGRATIONS) + 1}, 0)")
+    store.close()
+    with pytest.raises(ImgclfError, match="newer than this imgclf knows"):
+        FeedbackStore(database)
+
+
+def test_bad_database_targets_get_one_clear_sentence(tmp_path, postgres_server):
+    with pytest.raises(ImgclfError, match="must be SQLite or PostgreSQL, not mysql"):
+        FeedbackStore("mysql://user@localhost/feedback")
+    closed = postgres_server.rsplit(":", 1)[0] + ":1/feedback"  # nothing listens on port 1
+    with pytest.raises(StoreError, match=r"cannot open the feedback database postgresql\+psycopg://imgclf@"):
+        FeedbackStore(closed)
+    with pytest.raises(StoreError) as caught:
+        FeedbackStore(closed.replace("imgclf@", "imgclf:s3cret@"))
+    assert "imgclf:***@" in str(caught.value) and "s3cret" not in str(caught.value)  # passwords stay out of logs
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(ImgclfError, match="as an imgclf feedback database"):
+        stats(tmp_path / "notes.db")
+    with pytest.raises(ImgclfError, match="there is no feedback database"):
+        export(tmp_path / "missing.db", tmp_path / "out")
+
+
+def test_cli_reads_a_postgresql_store(postgres_url, tmp_path):
+    store = FeedbackStore(postgres_url)
+    store.add("4", PNG, predicted="9")
+    store.close()
+    shown = subprocess.run([sys.executable, "-m", "imgclf", "feedback", "stats", postgres_url], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0 and "1 feedback rows" in shown.stdout, shown.stderr
