@@ -129,14 +129,17 @@ def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path
     assert all((tmp_path / "shared" / r / "model.safetensors").is_file() for r in runs)
 
 
-def test_cli_tune_prints_the_table(tmp_path, mnist_dir, capsys):
+def test_cli_tune_with_the_study_in_postgresql_prints_the_table(tmp_path, mnist_dir, capsys, postgres_url):
     (tmp_path / "space.yaml").write_text("train.lr: [0.01, 0.02]\n")
     assert main(["tune", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--model",
                  "cnn", "--model.options", "{layers: 2, width: 8}", "--data.subset", "400", "--data.augment",
                  "none", "--data.val_fraction", "0.25", "--epochs", "1", "--space", str(tmp_path / "space.yaml"),
-                 "--sampler", "grid", "-q"]) == 0
+                 "--sampler", "grid", "--study", "pg", "--storage", postgres_url, "-q"]) == 0
     out = capsys.readouterr().out
     assert "2 trials (0 pruned, 0 failed)" in out and "train.lr" in out and "0.01, 0.02" in out and "best.yaml" in out
+    storage = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    assert len(optuna.load_study(study_name="pg", storage=storage).trials) == 2  # the study lives in PostgreSQL
+    assert not (tmp_path / "pg" / "study.db").exists()
 
 
 def test_a_different_search_in_the_same_study_is_refused(tmp_path, mnist_dir):

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from imgclf.config import Config, with_overrides
+from imgclf.database import database_url
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import atomic_write
 
@@ -162,12 +163,13 @@ def _storage(url: str | None, folder: Path):
             with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url or f"sqlite:///{folder.resolve() / 'study.db'}", heartbeat_interval=30, grace_period=90,
+                    database_url(url) if url else f"sqlite:///{folder.resolve() / 'study.db'}",
+                    heartbeat_interval=30, grace_period=90,
                     engine_kwargs={"connect_args": {"timeout": 60}} if not url else None,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except ImportError as err:  # e.g. postgresql:// without its driver
             raise ImgclfError(f"the storage {url} needs a database driver that is not installed ({err}); "
-                              "install it (e.g. pip install psycopg2-binary) or use the default SQLite.") from err
+                              "pip install 'imgclf[postgres]' for PostgreSQL, or use the default SQLite.") from err
         except SQLAlchemyError as err:
             if attempt == 2:
                 raise ImgclfError(f"cannot open the study storage: {first_line(err)}") from err

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from imgclf.data.transforms import image_to_tensor
+from imgclf.database import database_url
 from imgclf.errors import ImgclfError
 
 _TABLES = MetaData()
@@ -77,13 +78,11 @@ def engine_for(target: str | Path, *, read_only: bool = False) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         name = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true" if read_only else f"sqlite:///{path}"
     try:
-        url = make_url(name)
+        url = make_url(database_url(name))
     except ArgumentError as err:
         raise ImgclfError(f"{target} is neither a file path nor a database URL ({err}).") from err
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ImgclfError(f"the feedback database must be SQLite or PostgreSQL, not {url.get_backend_name()}.")
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, from the postgres extra
     try:
         engine = create_engine(url, pool_pre_ping=True,
                                connect_args={"timeout": 10} if url.get_backend_name() == "sqlite" else {})
