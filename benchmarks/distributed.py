@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--epochs", type=float, default=1.0)
     args = parser.parse_args()
-    print(f"| model | global batch | 1 proc x 2 threads | 1 proc x 1 thread | 2 procs x 1 thread | "
-          f"2 procs / 1 proc x 2 | max weight diff | test acc 1 / 2 procs |")
+    print("| model | global batch | 1 proc x 2 threads | 1 proc x 1 thread | 2 procs x 1 thread | "
+          "2 procs / 1 proc x 2 | max weight diff | test acc 1 / 2 procs |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
