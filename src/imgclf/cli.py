@@ -274,6 +274,23 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--out", type=Path, help="parent folder of the new run (default: the old run's)")
     retrain.set_defaults(run=_retrain)
 
+    study = commands.add_parser("study", help="studies regenerated from real runs").add_subparsers(
+        dest="study_command", required=True, metavar="STUDY")
+    paper = study.add_parser(
+        "paper", parents=[logs], help="the seed paper's comparison on MNIST: Tables II-IV, McNemar, PAPER.md",
+        description="Train and evaluate the paper CNN, the enhanced CNN and its ablations, AlexNet, ResNet-18, "
+                    "MobileNetV3 and imgclf's recipes on MNIST, run the Table III search, and write PAPER.md and "
+                    "paper.html. Re-running skips finished work.")
+    paper.add_argument("--out", type=Path, default=Path("studies/paper"), help="output folder (default studies/paper)")
+    paper.add_argument("--budget", default="cpu", help="cpu (about half an hour on 2 cores, the default) or smoke "
+                                                       "(seconds, to check the pipeline)")
+    paper.add_argument("--dataset", default="mnist", help="the dataset (default mnist, as in the paper)")
+    paper.add_argument("--data-dir", help="folder with the dataset's files (default: $IMGCLF_DATA_DIR, cache, "
+                                          "download)")
+    paper.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    paper.add_argument("--recipes", type=Path, help="folder of the recipes (default: the checkout's configs/)")
+    paper.set_defaults(run=_study_paper)
+
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     listing = models.add_parser("list", parents=[logs], help="names, parameters and default input of every model")
@@ -599,6 +616,14 @@ def _retrain(args: argparse.Namespace) -> None:
     print(f"McNemar p on the test split: {r['test_mcnemar']['p_value']:.3g}")
     print(("promoted: " if r["promoted"] else "not promoted: ") + r["reason"]
           + (f" (CURRENT in {Path(r['after']['run']).parent} names it)" if r["promoted"] else ""))
+
+
+def _study_paper(args: argparse.Namespace) -> None:
+    from imgclf.study import RECIPES, command_line, study_paper
+
+    path = study_paper(args.out, budget=args.budget, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
+                       recipes=args.recipes or RECIPES, command=command_line(), progress=not args.quiet)
+    print(f"wrote {path} and {path.with_name('paper.html')} (runs in {args.out / 'runs'})")
 
 
 def _export(args: argparse.Namespace) -> None:

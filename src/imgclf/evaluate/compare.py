@@ -43,10 +43,11 @@ PUBLISHED = {
 
 def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir: str | Path | None = None,
                  split: str = "test", resamples: int = 1000, seed: int = 0, device: str = "auto",
-                 latency_runs: int = 100, out: str | Path | None = None, progress: bool = False
-                 ) -> tuple[dict, Path]:
+                 latency_runs: int = 100, out: str | Path | None = None, progress: bool = False,
+                 pairs: list[tuple[str, str]] = ()) -> tuple[dict, Path]:
     """Evaluate every run on the same split; writes compare.json and compare.html into `out` (default: the
-    folder holding the first run) and returns the comparison and the HTML path."""
+    folder holding the first run) and returns the comparison and the HTML path. Besides each run against the
+    best, McNemar's test is run on each (a, b) of `pairs` (run names, as in the leaderboard)."""
     if len(runs) < 2:
         raise ImgclfError("compare needs at least two run directories.")
     entries, outcomes, first = [], [], None
@@ -77,11 +78,17 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     best = int(np.argmax([e["accuracy"] for e in entries]))
     for entry, correct in zip(entries, outcomes, strict=True):
         entry["vs_best"] = None if entry is entries[best] else mcnemar(outcomes[best], correct)
+    index = {e["name"]: i for i, e in enumerate(entries)}
+    unknown = sorted({name for pair in pairs for name in pair} - set(index))
+    if unknown:
+        raise ImgclfError(f"cannot pair {', '.join(unknown)}: not among the compared runs ({', '.join(index)}).")
+    paired = [{"a": a, "b": b, **mcnemar(outcomes[index[a]], outcomes[index[b]])} for a, b in pairs]
     order = sorted(range(len(entries)), key=lambda i: -entries[i]["accuracy"])
     data = first[2]
     result = {"dataset": data.dataset.name, "split": split, "samples": len(data.targets),
               "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
-              "leaderboard": [entries[i] for i in order], "published": PUBLISHED.get(data.dataset.name, []),
+              "leaderboard": [entries[i] for i in order], "pairs": paired,
+              "published": PUBLISHED.get(data.dataset.name, []),
               "settings": {"resamples": resamples, "seed": seed, "level": 0.95, "device": device}}
     out = Path(out) if out else run_folder(runs[0]).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +121,9 @@ def render_comparison(result: dict) -> str:
         ("Leaderboard", "<p class='note'>The same images for every model. McNemar's exact test is paired: a small "
                         "p-value means the two models' error rates differ beyond chance on these images.</p>"
                         + leaderboard),
+        ("Pairs", table(["a", "b", "a right only", "b right only", "McNemar p"],
+                        [[q["a"], q["b"], q["a_only"], q["b_only"], p_value(q["p_value"])] for q in result["pairs"]])
+         if result.get("pairs") else ""),
         ("Accuracy vs latency", figure(plot, "accuracy against latency")),
         ("Published figures", published if result["published"] else ""),
     ])

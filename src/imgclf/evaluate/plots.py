@@ -207,3 +207,48 @@ def optuna_plots(study, folder: Path) -> list[Path]:
         path.write_bytes(_png(figure))
         written.append(path)
     return written
+
+
+def curves_grid(histories: dict[str, list[dict]]) -> bytes:
+    """Training and validation loss per epoch of several runs, one small panel each."""
+    columns = 4
+    rows = -(-len(histories) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=90, squeeze=False)
+    for ax, (title, history) in zip(axes.flat, histories.items(), strict=False):
+        epochs = [float(r["epoch"]) for r in history]
+        for split in ("train", "val"):
+            values = [r.get(f"{split}_loss") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=split)
+        ax.set_title(title, fontsize=8)
+        ax.set(xlabel="epoch", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(histories):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_grid(matrices: dict[str, list[list[float]]], classes: list[str]) -> bytes:
+    """Several confusion matrices (counts) side by side, rows = true class; the diagonal is left blank so that
+    the errors show."""
+    columns = 4
+    rows = -(-len(matrices) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), dpi=90, squeeze=False)
+    for ax, (title, matrix) in zip(axes.flat, matrices.items(), strict=False):
+        errors = np.asarray(matrix, dtype=float)
+        np.fill_diagonal(errors, np.nan)
+        ax.imshow(errors, cmap="Reds")
+        ticks = range(len(classes))
+        ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"{title}\n{int(np.nansum(errors))} errors", fontsize=8)
+        if len(classes) <= 10:
+            for (i, j), value in np.ndenumerate(errors):
+                if value > 0:
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=5)
+    for ax in list(axes.flat)[len(matrices):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
