@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from imgclf.config import with_overrides
+from imgclf.database import without_password
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.evaluation import EvalData, eval_data, run_config
 from imgclf.evaluate.stats import mcnemar
@@ -87,7 +88,8 @@ def _split_feedback(db: str | Path, folder: Path, holdout: float, min_holdout: i
         path.rename(folder / part / path.parent.name / path.name)
     shutil.rmtree(everything)
     if held < min_holdout or held == len(files):
-        raise ImgclfError(f"{db} has {len(files)} feedback images, {held} of them held out to judge the new model; "
+        raise ImgclfError(f"{without_password(db)} has {len(files)} feedback images, {held} of them held out to "
+                          "judge the new model; "
                           f"retraining needs at least {min_holdout} held out and some to train on. Collect more "
                           "feedback (or lower --min-holdout, at the price of a noisier decision).")
     return folder / "train", folder / "holdout"

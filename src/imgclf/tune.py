@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from imgclf.config import Config, with_overrides
-from imgclf.database import database_url
+from imgclf.database import database_url, without_password
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import atomic_write
 
@@ -168,8 +168,9 @@ def _storage(url: str | None, folder: Path):
                     engine_kwargs={"connect_args": {"timeout": 60}} if not url else None,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         except ImportError as err:  # e.g. postgresql:// without its driver
-            raise ImgclfError(f"the storage {url} needs a database driver that is not installed ({err}); "
-                              "pip install 'imgclf[postgres]' for PostgreSQL, or use the default SQLite.") from err
+            raise ImgclfError(f"the storage {without_password(url)} needs a database driver that is not installed "
+                              f"({err}); pip install 'imgclf[postgres]' for PostgreSQL, or use the default "
+                              "SQLite.") from err
         except SQLAlchemyError as err:
             if attempt == 2:
                 raise ImgclfError(f"cannot open the study storage: {first_line(err)}") from err

@@ -87,29 +87,32 @@ def _succeed(processes: list[subprocess.Popen]) -> None:
         assert process.returncode == 0, err
 
 
-def test_a_distributed_run_resumes_exactly(tmp_path, mnist_dir):
-    # batch norm, dropout and augmentation: each process's random streams must come back from state.pt
-    noisy = {**EXACT, "model.name": "cnn", "model.options": "{layers: 2, width: 8}", "data.augment": "digits",
-             "data.subset": 512, "train.epochs": 2}
-    _succeed(_pair(tmp_path, *_new(tmp_path, mnist_dir, "whole", noisy)))
-    _succeed(_pair(tmp_path, *_new(tmp_path, mnist_dir, "cut", {**noisy, "train.epochs": 1})))
-    _succeed(_pair(tmp_path, "--resume", str(tmp_path / "runs" / "cut"), "--epochs", "2"))
-    whole, cut = _weights(tmp_path / "runs" / "whole"), _weights(tmp_path / "runs" / "cut")
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+# batch norm, dropout and augmentation: each process's random streams must come back from state.pt
+NOISY = {**EXACT, "model.name": "cnn", "model.options": "{layers: 2, width: 8}", "data.augment": "digits",
+         "data.subset": 2048}
+DOOMED = {**NOISY, "train.epochs": 50, "train.dist_timeout": 5}  # runs until a test stops one of its processes
 
 
-LONG = {**EXACT, "data.subset": 2048, "train.epochs": 50, "train.dist_timeout": 5}  # runs until a test stops it
+def _first_epoch_saved(tmp_path, name: str, processes: list[subprocess.Popen]) -> None:
+    """Until the checkpoint of the first epoch is on disk (written after its metrics.csv row)."""
+    metrics, state = tmp_path / "runs" / name / "metrics.csv", tmp_path / "runs" / name / "state.pt"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and state.stat().st_mtime_ns >= metrics.stat().st_mtime_ns):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "no epoch finished"
+        time.sleep(0.05)
 
 
-@pytest.mark.parametrize("fault", ["crash", "hang"])
-def test_a_lost_process_fails_the_others_with_a_clear_message(tmp_path, mnist_dir, fault):
-    ranks = _pair(tmp_path, *_new(tmp_path, mnist_dir, "lost", LONG))
+def _final(folder) -> tuple[dict, list[list[str]]]:
+    """The last weights (not the best ones) and the metrics rows without their seconds."""
+    state = torch.load(folder / "state.pt", weights_only=True)
+    rows = [line.split(",")[:-1] for line in (folder / "metrics.csv").read_text().splitlines()]
+    return state["model"], rows
+
+
+def _lost(ranks: list[subprocess.Popen], signum: int) -> str:
+    """Send `signum` to process 1; process 0's error output, once it has given up."""
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "runs" / "lost" / "metrics.csv").exists():  # the first epoch is saved
-            assert time.monotonic() < deadline and all(p.poll() is None for p in ranks), "no epoch finished"
-            time.sleep(0.1)
-        ranks[1].send_signal(signal.SIGKILL if fault == "crash" else signal.SIGSTOP)
+        ranks[1].send_signal(signum)
         _, err = ranks[0].communicate(timeout=60)  # a hung peer: the 5 s timeout, not the default 30 minutes
     finally:
         for process in ranks:
@@ -117,16 +120,36 @@ def test_a_lost_process_fails_the_others_with_a_clear_message(tmp_path, mnist_di
             process.communicate()
     assert ranks[0].returncode == 1, err[-3000:]
     assert "error: process 0 of 2 lost the other processes of this run" in err and "Traceback" not in err
+    return err
+
+
+def test_a_crashed_process_fails_the_run_clearly_and_it_resumes_exactly(tmp_path, mnist_dir):
+    _succeed(_pair(tmp_path, *_new(tmp_path, mnist_dir, "whole", {**NOISY, "train.epochs": 3})))
+    ranks = _pair(tmp_path, *_new(tmp_path, mnist_dir, "lost", DOOMED))
+    _first_epoch_saved(tmp_path, "lost", ranks)
+    err = _lost(ranks, signal.SIGKILL)
     assert f"--resume {tmp_path / 'runs' / 'lost'}" in err
-    # what was saved is intact: one process carries the run on from its last checkpoint
-    resumed = train(resume=tmp_path / "runs" / "lost",
-                    config=load_config(tmp_path / "runs" / "lost" / "config.yaml", {"train.epochs": 2}),
+    # two processes carry it on from its last checkpoint to the reference's 3 epochs: the same weights, bit for bit
+    _succeed(_pair(tmp_path, "--resume", str(tmp_path / "runs" / "lost"), "--epochs", "3",
+                   "--train.dist_timeout", "300"))
+    (whole, whole_rows), (lost, lost_rows) = _final(tmp_path / "runs" / "whole"), _final(tmp_path / "runs" / "lost")
+    assert all(torch.equal(whole[k], lost[k]) for k in whole) and whole_rows == lost_rows
+
+
+def test_a_hung_process_fails_the_run_after_the_timeout(tmp_path, mnist_dir, caplog):
+    ranks = _pair(tmp_path, *_new(tmp_path, mnist_dir, "hung", DOOMED))
+    _first_epoch_saved(tmp_path, "hung", ranks)
+    _lost(ranks, signal.SIGSTOP)
+    # what was saved is intact: one process carries the run on (its random streams restart, with a warning)
+    resumed = train(resume=tmp_path / "runs" / "hung",
+                    config=load_config(tmp_path / "runs" / "hung" / "config.yaml", {"train.epochs": 2}),
                     progress=False)
     assert resumed.summary["stopped"] == "done" and resumed.summary["processes"] == 1
+    assert "saved by 2 process(es) and resumes with 1" in caplog.text
 
 
 def test_a_process_that_never_joins_fails_the_run_after_the_timeout(tmp_path, mnist_dir):
-    alone = _start(0, free_port(), tmp_path, *_new(tmp_path, mnist_dir, "alone", {**LONG, "train.dist_timeout": 3}))
+    alone = _start(0, free_port(), tmp_path, *_new(tmp_path, mnist_dir, "alone", {**DOOMED, "train.dist_timeout": 3}))
     _, err = alone.communicate(timeout=60)
     assert alone.returncode == 1 and "Traceback" not in err
     assert "process 0 waited train.dist_timeout (3 s) for the 2 processes of this run to join" in err

@@ -10,31 +10,36 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 
 from PIL import Image
-from sqlalchemy import (
-    Column,
-    Connection,
-    Engine,
-    Float,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Table,
-    Text,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from imgclf.data.transforms import image_to_tensor
-from imgclf.database import database_url
+from imgclf.database import database_url, without_password
 from imgclf.errors import ImgclfError
+
+try:
+    from sqlalchemy import (
+        Column,
+        Connection,
+        Engine,
+        Float,
+        Integer,
+        LargeBinary,
+        MetaData,
+        Table,
+        Text,
+        create_engine,
+        event,
+        func,
+        select,
+        text,
+    )
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+except ImportError as err:  # feedback stats/export and retrain run without the server, but need this
+    raise ImgclfError("the feedback store needs SQLAlchemy: pip install 'imgclf[serve]'.") from err
 
 _TABLES = MetaData()
 FEEDBACK = Table(
@@ -76,16 +81,16 @@ def engine_for(target: str | Path, *, read_only: bool = False) -> Engine:
             raise ImgclfError(f"there is no feedback database {path}; imgclf serve writes it (--feedback-db).")
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
-        name = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true" if read_only else f"sqlite:///{path}"
+        name = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true" if read_only else f"sqlite:///{path}"
     try:
         url = make_url(database_url(name))
     except ArgumentError as err:
-        raise ImgclfError(f"{target} is neither a file path nor a database URL ({err}).") from err
+        raise ImgclfError(f"{without_password(target)} is neither a file path nor a database URL.") from err
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ImgclfError(f"the feedback database must be SQLite or PostgreSQL, not {url.get_backend_name()}.")
     try:
-        engine = create_engine(url, pool_pre_ping=True,
-                               connect_args={"timeout": 10} if url.get_backend_name() == "sqlite" else {})
+        engine = create_engine(url, pool_pre_ping=True, connect_args={  # seconds to wait for a lock, or a server
+            "timeout" if url.get_backend_name() == "sqlite" else "connect_timeout": 10})
     except ImportError as err:
         raise ImgclfError(f"{url.render_as_string(hide_password=True)} needs a database driver that is not "
                           f"installed ({err}); pip install 'imgclf[postgres]'.") from err
@@ -138,6 +143,9 @@ class FeedbackStore:
         except DBAPIError as err:
             self.engine.dispose()
             raise StoreError(f"cannot open the feedback database {self.where}: {_first_line(err)}") from err
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._insert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
 
     def add(self, label: str, image: bytes, *, predicted: str | None = None, prediction_id: str | None = None,
@@ -158,15 +166,15 @@ class FeedbackStore:
                 first = db.execute(select(FEEDBACK.c.id, FEEDBACK.c.label)
                                    .where(FEEDBACK.c.idempotency_key == idempotency_key)).one()
                 return first.id, Stored(False, first.label)
-        except DBAPIError as err:
+        except SQLAlchemyError as err:  # the database is down, locked for too long, or the pool is exhausted
             raise StoreError(f"feedback not stored in {self.where}: {_first_line(err)}") from err
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _first_line(err: DBAPIError) -> str:
-    return str(err.orig or err).strip().splitlines()[0]
+def _first_line(err: SQLAlchemyError) -> str:
+    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
 
 
 @contextmanager

@@ -60,11 +60,11 @@ class Group:
         dist.all_reduce(total)
         return total.tolist()
 
-    def first(self, reasons: tuple[str, ...], reason: str) -> str:
-        """Agree on a reason to stop: the first of `reasons` that any process has (reasons[0] is 'none')."""
+    def first(self, reasons: tuple[str, ...], reason: str, device: torch.device) -> str:
+        """Agree on a reason to stop: the last of `reasons` that any process has (reasons[0], "", is none)."""
         if not self.active:
             return reason
-        code = torch.tensor([reasons.index(reason)])
+        code = torch.tensor([reasons.index(reason)], device=device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
         return reasons[int(code)]
 
@@ -91,6 +91,14 @@ class Group:
         if kind == "error":
             raise ImgclfError(value)
         return value
+
+    def same_buffers(self, *modules: torch.nn.Module) -> None:
+        """Rank 0's buffers (batch norm statistics) everywhere: each process updates its own from its slice of
+        the batch, so before validating or saving they are made the ones rank 0 saves."""
+        if self.active:
+            for module in modules:
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The model as DistributedDataParallel sees it (gradients averaged over processes in backward)."""

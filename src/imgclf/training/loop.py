@@ -75,9 +75,11 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     test=False leaves the test split alone (hyperparameter search selects on validation only)."""
     started = time.monotonic()
     config = _resume_config(Path(resume), config) if resume is not None else config or Config()
+    _check_settings(config)
     group = join(pick_device(config.train.device), config.train.dist_timeout)  # under torchrun: all processes
+    folder = Path(resume) if resume is not None else None
     try:
-        folder = Path(resume) if resume is not None else group.agree(lambda: _new_folder(config))
+        folder = folder or group.agree(lambda: _new_folder(config))
         # fails on bad settings before anything is written
         trainer = Trainer(config, folder, progress and group.main, on_epoch, test, group=group)
         if resume is not None:
@@ -91,10 +93,11 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     except RuntimeError as err:
         if not (group.active and lost(err)):
             raise
-        raise LostProcess(
-            f"process {group.rank} of {group.world} lost the other processes of this run "
-            f"({str(err).strip().splitlines()[0]}); one of them failed or stopped, see its own error. The last "
-            f"checkpoint is in {folder}: continue with `torchrun ... -m imgclf train --resume {folder}`.") from err
+        saved = (f"The last checkpoint is in {folder}: continue with `torchrun ... -m imgclf train --resume "
+                 f"{folder}`." if folder else "Nothing was saved yet.")
+        raise LostProcess(f"process {group.rank} of {group.world} lost the other processes of this run "
+                          f"({str(err).strip().splitlines()[0]}); one of them failed or stopped, see its own "
+                          f"error. {saved}") from err
     finally:
         leave(group)
 
@@ -230,6 +233,9 @@ class Trainer:
         self.local_batch = cfg.batch_size // group.world  # this process's share of each global batch
         self.val_shard = self.val_split  # each process validates every world-th image; the sums are combined
         if group.active and self.val_split is not None:
+            if len(self.val_split) < group.world:
+                raise ImgclfError(f"the {len(self.val_split)} validation images cannot be shared among "
+                                  f"{group.world} processes; raise data.val_fraction or data.subset.")
             self.val_shard = self.val_split.take(range(group.rank, len(self.val_split), group.world))
         self.steps_per_epoch = len(self.train_split) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -346,7 +352,7 @@ class Trainer:
             return {}
 
         def handle(signum: int, frame: object) -> None:
-            if self.interrupted:
+            if self.interrupted and not self.group.active:  # processes of a run must stop together, at a step
                 raise KeyboardInterrupt
             self.interrupted = True
             log.warning("stopping after this step, keeping a checkpoint (signal again to stop at once)")
@@ -375,7 +381,7 @@ class Trainer:
                 reason = ("interrupted" if self.interrupted else
                           "time budget" if self.budget and time.monotonic() - self.session_start >= self.budget else
                           "max steps" if max_steps is not None and self.step - steps_at_start >= max_steps else "")
-                reason = self.group.first(_STOPS, reason)  # all processes stop after the same step
+                reason = self.group.first(_STOPS, reason, self.device)  # all processes stop after the same step
                 if reason:
                     return reason
         return ""
@@ -400,7 +406,7 @@ class Trainer:
             [loss.item() * len(y) if finite else 0.0, float((logits.argmax(1) == y).sum()), len(y), not finite],
             self.device)
         if bad:
-            self._nonfinite(loss.item() if not finite else math.nan)
+            self._nonfinite(loss.item() if not finite else "non-finite in another process")
             with torch.no_grad():
                 for saved, buffer in zip(buffers, self.model.buffers(), strict=True):
                     buffer.copy_(saved)
@@ -436,7 +442,7 @@ class Trainer:
             self.model.train()
         return pre.normalize(adv)
 
-    def _nonfinite(self, loss: float) -> None:
+    def _nonfinite(self, loss: float | str) -> None:
         where = f"epoch {self.epoch + 1}, step {self.step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
         if self.config.train.nonfinite == "skip" and self.skipped < 100:
             self.skipped += 1
@@ -479,6 +485,7 @@ class Trainer:
         """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
         if self.val_split is None:
             return {}
+        self.group.same_buffers(self.model, *([self.ema] if self.ema else []))
         loss, correct = self._scores(self.ema.module if self.ema else self.model, self.val_shard)
         loss, correct, count = self.group.sum([loss, correct, len(self.val_shard)], self.device)
         self.model.train()
