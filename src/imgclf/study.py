@@ -20,7 +20,7 @@ from imgclf.config import Config, load_config
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
 from imgclf.evaluate.compare import compare_runs
-from imgclf.evaluate.evaluation import evaluate_run
+from imgclf.evaluate.evaluation import evaluate_run, robustness_record
 from imgclf.evaluate.report import figure, page, table
 from imgclf.models import create_model
 from imgclf.models.summary import summarize
@@ -172,16 +172,15 @@ def _train(entry: Entry, progress: bool) -> None:
 
 def _evaluate(folder: Path, b: Budget, data_dir, device: str, progress: bool) -> dict:
     """report.json (and the robustness columns) of a trained run, made once per set of weights."""
-    meta = json.loads((folder / "model.json").read_text())
-    report_path, robust_path = folder / "report.json", folder / "robustness.json"
-    if not robust_path.is_file() or json.loads(robust_path.read_text()).get("sha256") != meta["sha256"]:
+    if robustness_record(folder, json.loads((folder / "model.json").read_text())) is None:  # none, or stale
         robustness(folder, corruptions=list(b.corruptions) if b.corruptions else None, attack_names=("fgsm", "pgd"),
                    eps=(0.1,), steps=10, limit=b.robustness_images, data_dir=data_dir, device=device,
                    progress=progress)
-    if not report_path.is_file() or report_path.stat().st_mtime < robust_path.stat().st_mtime:
-        evaluate_run(folder, data_dir=data_dir, device=device, resamples=b.resamples, latency_runs=b.latency_runs,
-                     progress=progress)
-    return json.loads(report_path.read_text())
+    report_path = folder / "report.json"
+    if report_path.is_file() and report_path.stat().st_mtime >= (folder / "robustness.json").stat().st_mtime:
+        return json.loads(report_path.read_text())
+    return evaluate_run(folder, data_dir=data_dir, device=device, resamples=b.resamples,
+                        latency_runs=b.latency_runs, progress=progress)[0]
 
 
 def _table_iii(b: Budget, recipes: Path, common: dict, out: Path, progress: bool) -> dict:
@@ -203,9 +202,10 @@ def _table_ii() -> list[dict]:
 
 
 def _machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \
-        platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor())
     return {"cpu": cpu, "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "imgclf": __version__,
