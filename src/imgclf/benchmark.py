@@ -38,7 +38,7 @@ def benchmark_formats(run: str | Path, *, data_dir: str | Path | None = None, ru
     ONNX Runtime fp32 and int8 (static). Exports go to a temporary folder, each parity-checked."""
     model, meta = load_model(run)
     folder = run_folder(run)
-    test = eval_data(folder, meta, data_dir=data_dir, split="test")
+    test = eval_data(folder, meta, data_dir=data_dir)
     peak = peak_flops()
     contenders = {"pytorch": model, "pytorch channels_last": _ChannelsLast(copy.deepcopy(model)).eval()}
     with tempfile.TemporaryDirectory() as scratch:

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                     "--model.options '{layers: 10}' (see configs/*.yaml for every key).")
     training.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
     training.add_argument("--dataset", help="dataset name or folder:PATH (data.dataset)")
-    training.add_argument("--model", help="model name (model.name)")
+    training.add_argument("--model", help="model name, or auto (the default): chosen from the data (model.name)")
     training.add_argument("--data-dir", help="folder with the dataset's files (data.data_dir)")
     training.add_argument("--epochs", type=float, help="epochs, may be fractional (train.epochs)")
     training.add_argument("--time", help="wall-time budget such as 5m (train.time)")
@@ -137,10 +137,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="score on this dataset (default: the run's own)")
     which.add_argument("--data", dest="source", metavar="folder:PATH", help="score on a folder of images")
     scored_on.add_argument("--data-dir", help="folder with the dataset's files (default: the run's, then as for train)")
-    scored_on.add_argument("--split", default="test", help="split to score (default test; val is the run's validation)")
+    scored_on.add_argument("--split", help="split to score (default test, or val when the data has no test split; "
+                                           "val is the run's validation)")
     scored_on.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     scoring = argparse.ArgumentParser(add_help=False, parents=[scored_on])
     scoring.add_argument("--resamples", type=_positive, default=1000, help="bootstrap resamples (default 1000)")
+    scoring.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: average each image's logits with its mirror image's")
     scoring.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     scoring.add_argument("--latency-runs", type=_positive, default=100,
                          help="timed single-image passes for the latency percentiles (default 100)")
@@ -223,6 +226,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     predict.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation: average each image's logits with its mirror image's")
     predict.set_defaults(run=_predict)
 
     serve = commands.add_parser("serve", parents=[logs], help="an HTTP service for a model, with feedback")
@@ -388,8 +393,9 @@ def _lr_find(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from imgclf.config import load_config
+    from imgclf.config import given_keys, load_config
     from imgclf.training import LostProcess, train
+    from imgclf.training.recipe import resolve
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -401,6 +407,10 @@ def _train(args: argparse.Namespace) -> None:
         config = load_config(saved, overrides) if saved.is_file() else None
     else:
         config = load_config(args.config, overrides)
+        plan = resolve(config, given_keys(args.config, overrides), summary=not _rank())
+        config = plan.config
+        if not _rank():
+            print("\n".join(plan.lines()), flush=True)
     try:
         run = train(config, resume=args.resume, progress=not args.quiet)
     except LostProcess as err:
@@ -464,7 +474,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     r, html = evaluate_run(args.run_dir, source=args.source, data_dir=args.data_dir, split=args.split,
                            calibrate=args.calibrate, resamples=args.resamples, seed=args.seed, device=args.device,
-                           latency_runs=args.latency_runs, out=args.out, progress=not args.quiet)
+                           latency_runs=args.latency_runs, out=args.out, progress=not args.quiet, tta=args.tta)
     ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
     print(f"{r['model']} on {r['dataset']} {r['split']} ({r['samples']:,} images)")
     print(f"accuracy   {r['accuracy']:.4f}  [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}] 95% bootstrap CI")
@@ -492,7 +502,7 @@ def _compare(args: argparse.Namespace) -> None:
 
     result, html = compare_runs(args.runs, source=args.source, data_dir=args.data_dir, split=args.split,
                                 resamples=args.resamples, seed=args.seed, device=args.device,
-                                latency_runs=args.latency_runs, out=args.out, progress=not args.quiet)
+                                latency_runs=args.latency_runs, out=args.out, progress=not args.quiet, tta=args.tta)
     board = result["leaderboard"]
     width = max(len("run"), *(len(e["name"]) for e in board))
     print(f"{result['dataset']} {result['split']}, {result['samples']:,} images, 95% bootstrap CIs")
@@ -663,7 +673,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from imgclf.predict import predict_files
 
-    for path, top in zip(args.images, predict_files(args.run_dir, args.images, args.top), strict=True):
+    for path, top in zip(args.images, predict_files(args.run_dir, args.images, args.top, args.tta), strict=True):
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
 
 

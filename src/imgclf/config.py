@@ -19,6 +19,7 @@ class DataConfig:
     dataset: str = "mnist"  # a name (mnist, fashion-mnist, kmnist, cifar10, digits) or folder:PATH
     data_dir: str | None = None  # where the dataset's files are (default: $IMGCLF_DATA_DIR, cache, download)
     val_fraction: float = 0.1  # validation split carved from the training data, stratified
+    test_fraction: float = 0.1  # a plain image folder (no train/val/test subfolders) keeps this much for testing
     split_seed: int = 0
     folds: int | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
     fold: int = 0
@@ -33,10 +34,15 @@ class DataConfig:
     strict: bool = False  # fail on unreadable files instead of skipping them
     extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
 
+    def fractions(self) -> dict[str, float]:
+        """How a plain image folder is split: train, val_fraction, test_fraction."""
+        return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
+                "test": self.test_fraction}
+
 
 @dataclass
 class ModelConfig:
-    name: str = "mnist-fast"
+    name: str = "auto"  # a model name (imgclf models list), or auto: chosen from the data
     pretrained: bool = False
     weights: str | None = None  # a local weights file instead of downloading pretrained ones
     freeze: str = "none"  # backbone, none, or a number of stages, after freeze_epochs
@@ -107,6 +113,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
         if not isinstance(data, dict):
             raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
     return _build(Config, _apply(data, overrides or {}), "")
+
+
+def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str]:
+    """The dotted keys a YAML recipe and overrides set (what an automatic choice must not change)."""
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    keys = {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
+    return keys | set(overrides)
 
 
 def with_overrides(config: Config, overrides: dict[str, object]) -> Config:

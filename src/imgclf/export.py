@@ -63,7 +63,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
     pre = preprocess_of(meta)
     deployable = Deployable(model, pre, embed_normalization).eval()
     shipped = pre.with_(mean=(0.0,) * pre.channels, std=(1.0,) * pre.channels) if embed_normalization else pre
-    test = eval_data(folder, meta, data_dir=data_dir, split="test")
+    test = eval_data(folder, meta, data_dir=data_dir)
     out = Path(out) if out else folder
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"model{'.' + quantize if quantize else ''}{FORMATS[fmt]}"

@@ -214,7 +214,7 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
                attack_names: tuple[str, ...] = attacks.ATTACKS,
                eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3), steps: int = 40, step_size: float | None = None,
                random_start: bool = True, limit: int | None = 2000, batch_size: int = 500, seed: int = 0,
-               source: str | None = None, data_dir: str | Path | None = None, split: str = "test",
+               source: str | None = None, data_dir: str | Path | None = None, split: str | None = None,
                device: str = "auto", out: str | Path | None = None, progress: bool = False) -> tuple[dict, Path]:
     """Accuracy of a run's model on clean, corrupted and attacked test images; writes robustness.json and
     robustness.html into `out` (default: the run; for an exported file, robustness-<file> in the run) and
@@ -258,7 +258,7 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
                 generator=generator)) for e in eps}
     settings = {"steps": steps, "step_size": "2.5 x eps / steps" if step_size is None else step_size,
                 "random_start": random_start, "norm": "L-inf, pixel units in [0, 1]", "batch_size": batch_size}
-    report = _report(folder, meta, data, split, clean, by_corruption, by_attack, settings, seed, run)
+    report = _report(folder, meta, data, data.name, clean, by_corruption, by_attack, settings, seed, run)
     return report, _write(report, Path(out) if out else folder / f"robustness-{Path(run).name}" if exported
                           else folder)
 
@@ -285,7 +285,7 @@ def _sample(data: EvalData, limit: int | None, seed: int) -> EvalData:
     if limit is None or limit >= len(data.split):
         return data
     chosen = np.sort(np.random.default_rng(seed).choice(len(data.split), size=limit, replace=False))
-    return EvalData(data.dataset, data.split.take(chosen), data.targets[chosen])
+    return EvalData(data.dataset, data.split.take(chosen), data.targets[chosen], data.name)
 
 
 def _accuracy(forward: attacks.Forward, data: EvalData, pre: Preprocess, batch_size: int, device: torch.device,

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
-from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -21,23 +18,10 @@ from safetensors.torch import load_file, save_file
 from imgclf import __version__
 from imgclf.data.transforms import Preprocess
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_write
 from imgclf.models import Classifier, create_model
 
 FORMAT = 1
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temp path) in the same folder, fsync, then rename over `path`: a crash leaves the old file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sha256(path: Path) -> str:

@@ -1,9 +1,11 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from imgclf.data import batches, default_preprocess, describe, load_dataset, to_memory
+from imgclf.data import Preprocess, batches, default_preprocess, describe, load_dataset, to_memory
 from imgclf.errors import DataError
 
 
@@ -136,3 +138,26 @@ def test_in_memory_copy_gives_the_same_batches(image_folder):
     for (a, ya), (b, yb) in zip(batches(split, preprocess, 6, order=order), batches(memory, preprocess, 6, order=order),
                                 strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_photos_of_any_mode_size_and_orientation_go_in(tmp_path):
+    """Palette, RGBA, CMYK, 16-bit gray, gray+alpha and an EXIF-rotated JPEG: all become 3-channel images."""
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    files = {"palette.png": Image.fromarray(rgb).convert("P"), "alpha.png": Image.fromarray(rgb).convert("RGBA"),
+             "print.jpg": Image.fromarray(rgb).convert("CMYK"), "gray-alpha.png": Image.fromarray(rgb).convert("LA"),
+             "deep.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).convert("I;16"),
+             "big.png": Image.fromarray(rgb).resize((400, 300))}
+    for name, image in files.items():
+        (tmp_path / "a").mkdir(exist_ok=True)
+        image.save(tmp_path / "a" / name)
+    (tmp_path / "b").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "b" / "rotated.jpg", exif=exif)
+    dataset = load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0})
+    assert not dataset.problems and len(dataset.split("train")) == 7
+    pre = Preprocess((16, 16), 3, (0.5,) * 3, (0.25,) * 3)
+    images = to_memory(dataset.split("train"), pre).images
+    assert images.shape == (7, 3, 16, 16)
+    rotated = dataset.split("train")[6][0]
+    assert rotated.shape == (3, 40, 30)  # turned upright as a viewer shows it

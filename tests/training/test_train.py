@@ -124,12 +124,15 @@ def test_early_stopping(tmp_path, mnist_dir):
 
 
 def test_transfer_schedule_trains_only_the_head_first(tmp_path, mnist_dir):
-    overrides = {"model.name": "resnet18", "data.dataset": "digits", "data.image_size": 32, "data.subset": 256,
-                 "train.freeze_epochs": 1,
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pth"  # stands in for downloaded weights: a torchvision state dict
+    torch.save(resnet18().state_dict(), weights)
+    overrides = {"model.name": "resnet18", "model.weights": str(weights), "data.dataset": "digits",
+                 "data.image_size": 32, "data.subset": 256, "train.freeze_epochs": 1,
                  "train.epochs": 1, "data.val_fraction": 0.0, "train.schedule": "step"}
     run = train(_config(tmp_path, mnist_dir, name="frozen", **overrides), progress=False)
-    torch.manual_seed(0)  # the trainer seeds before building, so this is the same initial model
-    initial = create_model("resnet18", 10, 1, 32).state_dict()
+    initial = create_model("resnet18", 10, 1, 32, weights=weights).state_dict()
     trained = load_file(run.path / "model.safetensors")
     body = [k for k in initial if k.startswith("body.") and initial[k].is_floating_point()]
     assert all(torch.equal(initial[k], trained[k]) for k in body)

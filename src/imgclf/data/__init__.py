@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit, channel_stats, describe
 from imgclf.data.folder import load_folder, with_extra
-from imgclf.data.loader import batches, to_memory
+from imgclf.data.loader import batches, in_memory, to_memory
 from imgclf.data.named import NAMES, load_named
 from imgclf.data.splits import kfold, stratified_split, train_val
 from imgclf.data.transforms import AUGMENT_PRESETS, Augment, Preprocess, augment_preset, image_to_tensor
@@ -15,7 +15,7 @@ from imgclf.errors import DataError
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
            "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
-           "kfold", "load_dataset", "stratified_split", "to_memory", "train_val", "with_extra"]
+           "in_memory", "kfold", "load_dataset", "stratified_split", "to_memory", "train_val", "with_extra"]
 
 
 def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,

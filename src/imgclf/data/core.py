@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imgclf.data.cache import cached_json, split_key
 from imgclf.data.transforms import GRAY_MODES, UNREADABLE, convert_channels, image_to_tensor
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
 _ORIENTATION = 0x0112  # EXIF tag
+_WARNED: set[str] = set()
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FileSplit:
 
     paths: list[Path]
     labels: torch.Tensor  # (N,) int64
+    stamps: list[str] | None = None  # each file's path, size and modification time when found (cache keys)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,7 +60,9 @@ class FileSplit:
     def take(self, indices) -> FileSplit:
         """The samples at `indices`, as a new split."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
+        picked = index.tolist()
+        return FileSplit([self.paths[i] for i in picked], self.labels[index],
+                         None if self.stamps is None else [self.stamps[i] for i in picked])
 
 
 Split = TensorSplit | FileSplit
@@ -75,7 +80,10 @@ class Dataset:
 
     def __post_init__(self) -> None:
         for problem in self.problems:
-            log.warning("%s: %s", self.name, problem)
+            message = f"{self.name}: {problem}"
+            if message not in _WARNED:  # once per process, however often the dataset is loaded
+                _WARNED.add(message)
+                log.warning("%s", message)
 
     def split(self, name: str) -> Split:
         """The named split, or an error naming the splits there are."""
@@ -116,10 +124,14 @@ def _images(split: Split, indices: np.ndarray):
 def describe(dataset: Dataset, stats_limit: int = 2000) -> dict:
     """Counts per class and split, image shapes, and mean/std of the training split."""
     train = dataset.split("train")
-    shapes = _shapes(train, stats_limit)
+    if isinstance(train, TensorSplit):
+        found = _stats(train, stats_limit)
+    else:  # thousands of files opened: done once for the same files
+        found = cached_json("stats", split_key(train, stats_limit), lambda: _stats(train, stats_limit))
+    shapes = Counter({tuple(shape): n for shape, n in found[0]})
+    mean, std = tuple(found[1]), tuple(found[2])
     channels = max(c for c, _, _ in shapes)  # mixed gray and RGB: gray is repeated to RGB
     (_, height, width), _ = shapes.most_common(1)[0]
-    mean, std = channel_stats(train, channels, limit=None if isinstance(train, TensorSplit) else stats_limit)
     splits = {}
     for name, split in dataset.splits.items():
         counts = np.bincount(split.labels.numpy(), minlength=len(dataset.classes))
@@ -127,6 +139,14 @@ def describe(dataset: Dataset, stats_limit: int = 2000) -> dict:
     return {"name": dataset.name, "classes": dataset.classes, "splits": splits,
             "shapes": {f"{c}x{h}x{w}": n for (c, h, w), n in shapes.most_common()},
             "channels": channels, "size": (height, width), "mean": mean, "std": std, "problems": dataset.problems}
+
+
+def _stats(split: Split, limit: int) -> tuple[list, tuple[float, ...], tuple[float, ...]]:
+    """(shape, count) pairs and per-channel mean/std of a split's images (of a sample of `limit` for files)."""
+    shapes = _shapes(split, limit)
+    channels = max(c for c, _, _ in shapes)
+    mean, std = channel_stats(split, channels, limit=None if isinstance(split, TensorSplit) else limit)
+    return list(shapes.items()), mean, std
 
 
 def _shapes(split: Split, limit: int, seed: int = 0) -> Counter:

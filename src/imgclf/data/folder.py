@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from imgclf.data.cache import cached_json, files_key
 from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit
 from imgclf.data.splits import stratified_split
 from imgclf.data.transforms import UNREADABLE, Preprocess
@@ -20,6 +24,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 SPLIT_NAMES = ("train", "val", "test")
 _SHOWN = 10  # bad files listed by name in one message
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}  # suffixes of one format
 
 
 def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int = 0,
@@ -29,26 +34,27 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
         raise DataError(f"image folder {root} does not exist or is not a folder; "
                         "pass folder:PATH with PATH a folder of <class>/<image> subfolders.")
     problems: list[str] = []
+    stamps: dict[str, str] = {}  # path -> stamp, filled by _scan
     present = [name for name in SPLIT_NAMES if (root / name).is_dir()]
     if present:
         if "train" not in present:
             raise DataError(f"{root} has {'/'.join(present)}/ but no train/ folder; add train/<class>/ "
                             "images, or use a single folder of <class>/ subfolders to have it split.")
-        scans = {name: _scan(root / name, problems, strict) for name in present}
+        scans = {name: _scan(root / name, problems, strict, stamps) for name in present}
         classes = _classes(scans["train"], root / "train", problems)
         for name, scan in scans.items():
             unknown = sorted({c for c, paths in scan.items() if paths} - set(classes))
             if unknown:
                 raise DataError(f"{root / name} has class(es) {', '.join(unknown)} that train/ does not "
                                 "have; the class sets must match. Add them to train/ or remove them.")
-        splits = {name: FileSplit(*_flatten(scan, classes)) for name, scan in scans.items()}
+        splits = {name: _flatten(scan, classes, stamps) for name, scan in scans.items()}
     else:
-        scan = _scan(root, problems, strict)
+        scan = _scan(root, problems, strict, stamps)
         classes = _classes(scan, root, problems)
-        paths, labels = _flatten(scan, classes)
+        every = _flatten(scan, classes, stamps)
         fractions_used = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
-        parts = stratified_split(labels.numpy(), fractions_used, seed)
-        splits = {name: FileSplit([paths[i] for i in idx], labels[idx]) for name, idx in parts.items() if len(idx)}
+        parts = stratified_split(every.labels.numpy(), fractions_used, seed)
+        splits = {name: every.take(idx) for name, idx in parts.items() if len(idx)}
         problems += [f"split {name!r} is empty: too few images for fraction {fractions_used[name]}; "
                      "add images or change the split fractions." for name, idx in parts.items()
                      if not len(idx) and fractions_used[name] > 0]
@@ -63,41 +69,84 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
     return Dataset(f"folder:{root}", classes, splits, kind="photos", problems=problems)
 
 
-def _scan(folder: Path, problems: list[str], decode: bool) -> dict[str, list[Path]]:
-    """Readable image files per class subfolder; unreadable and non-image files go to `problems`."""
+def _scan(folder: Path, problems: list[str], decode: bool, stamps: dict[str, str]) -> dict[str, list[Path]]:
+    """Readable image files per class subfolder; unreadable and non-image files go to `problems`, and every
+    file's stamp (path, size, time) into `stamps`."""
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
-             for d in class_dirs}
+    listed = {d.name: _files(d) for d in class_dirs}
+    files = {name: [path for path, _ in found] for name, found in listed.items()}
+    stamps.update((os.fspath(path), mark) for found in listed.values() for path, mark in found)
     stray = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if stray:
         problems.append(f"{folder} has {len(stray)} image(s) outside class subfolders, left out "
                         f"({_names(stray)}); move them into a <class>/ folder.")
-    bad: list[str] = []
-    total = sum(map(len, files.values()))
-    with tqdm(total=total, desc=f"checking {folder.name}", unit="file", disable=total < 2000) as bar:
-        for name, paths in files.items():
-            files[name] = [p for p in paths if _readable(p, bad, decode)]
-            bar.update(len(paths))
+    every = [p for paths in files.values() for p in paths]
+    # the same files (paths, sizes, times) were checked before: skip opening every one of them again
+    key = files_key([mark for found in listed.values() for _, mark in found], decode)
+    verdicts = dict(cached_json("scan", key, lambda: _check(every, folder, decode)))
+    if verdicts:
+        files = {name: [p for p in paths if os.path.abspath(p) not in verdicts] for name, paths in files.items()}
+    bad = [f"{Path(path).parent.name}/{Path(path).name} ({reason})" for path, reason in verdicts.items()]
     if bad:
         problems.append(f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
                         + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
                         + ". Remove or fix them.")
+    rare = _rare_formats([p for paths in files.values() for p in paths])
+    if rare:
+        problems.append(f"{len(rare)} file(s) under {folder} are kept but in a format the others are not "
+                        f"({'; '.join(rare[:_SHOWN])}); check that they are real examples of their class.")
     return files
 
 
-def _readable(path: Path, bad: list[str], decode: bool) -> bool:
-    """True for an image file PIL can check (`decode`: fully decode, which also finds truncated
-    JPEGs; else only the header and structure); otherwise its reason is added to `bad`."""
+def _rare_formats(paths: list[Path]) -> list[str]:
+    """'class/name (GIF among 244 JPEG)' for files in a format that at most 1% of the others share: often a
+    placeholder or a stray download rather than a photo of the class."""
+    kinds = [_FORMATS.get(p.suffix.lower(), p.suffix.lower().lstrip(".").upper()) for p in paths]
+    counts = Counter(kinds)
+    if len(counts) < 2:
+        return []
+    common, n = counts.most_common(1)[0]
+    return [f"{p.parent.name}/{p.name} ({kind} among {n} {common})" for p, kind in zip(paths, kinds, strict=True)
+            if counts[kind] <= max(1, len(paths) // 100) and kind != common]
+
+
+def _files(folder: Path) -> list[tuple[Path, str]]:
+    """(path, stamp) of every file under `folder` (following links), hidden ones left out, in path order; one
+    stat each (os.walk, not Path.rglob: a large folder is listed several times faster)."""
+    found = []
+    for root, _, names in os.walk(folder, followlinks=True):
+        parent, absolute = Path(root), os.path.abspath(root)
+        for name in sorted(n for n in names if not n.startswith(".")):
+            try:
+                status = os.stat(os.path.join(root, name))
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(status.st_mode):
+                found.append((parent / name, f"{absolute}{os.sep}{name}\0{status.st_size}\0{status.st_mtime_ns}"))
+    return sorted(found, key=lambda item: item[0].parts)  # nested folders: as Path sorts (already sorted if flat)
+
+
+def _check(paths: list[Path], folder: Path, decode: bool) -> list[tuple[str, str]]:
+    """(absolute path, reason) of each file that is no image PIL can check (`decode`: fully decode, which also
+    finds truncated JPEGs; else only the header and structure)."""
+    bad = []
+    for path in tqdm(paths, desc=f"checking {folder.name}", unit="file", disable=len(paths) < 2000):
+        reason = _unreadable(path, decode)
+        if reason:
+            bad.append((os.path.abspath(path), reason))
+    return bad
+
+
+def _unreadable(path: Path, decode: bool) -> str | None:
+    """Why `path` is not a readable image, or None."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        bad.append(f"{path.name} (not an image file)")
-        return False
+        return "not an image file"
     try:
         with Image.open(path) as image:
             image.load() if decode else image.verify()
-        return True
     except UNREADABLE as err:
-        bad.append(f"{path.name} (unreadable: {err})")
-        return False
+        return f"unreadable: {err}"
+    return None
 
 
 def _classes(scan: dict[str, list[Path]], folder: Path, problems: list[str]) -> list[str]:
@@ -113,11 +162,11 @@ def _classes(scan: dict[str, list[Path]], folder: Path, problems: list[str]) -> 
     return classes
 
 
-def _flatten(scan: dict[str, list[Path]], classes: list[str]) -> tuple[list[Path], torch.Tensor]:
-    """All paths in class order, with their label indices."""
+def _flatten(scan: dict[str, list[Path]], classes: list[str], stamps: dict[str, str]) -> FileSplit:
+    """All files in class order, with their label indices and stamps."""
     paths = [p for c in classes for p in scan.get(c, [])]
     labels = torch.tensor([i for i, c in enumerate(classes) for _ in scan.get(c, [])], dtype=torch.int64)
-    return paths, labels
+    return FileSplit(paths, labels, [stamps[os.fspath(p)] for p in paths])
 
 
 def _names(paths: list[Path]) -> str:
@@ -135,7 +184,8 @@ def with_extra(split: Split, classes: list[str], folder: Path) -> Split:
                         f"({', '.join(classes)}); remove those folders.")
     labels = torch.tensor([classes.index(names[i]) for i in extra.labels.tolist()], dtype=torch.long)
     if isinstance(split, FileSplit):
-        return FileSplit(split.paths + extra.paths, torch.cat([split.labels, labels]))
+        both = None if split.stamps is None or extra.stamps is None else split.stamps + extra.stamps
+        return FileSplit(split.paths + extra.paths, torch.cat([split.labels, labels]), both)
     shape = Preprocess(size=tuple(split.images.shape[-2:]), channels=split.images.shape[1],
                        mean=(0.0,) * split.images.shape[1], std=(1.0,) * split.images.shape[1])
     images = torch.stack([shape.prepare(extra[i][0]) for i in range(len(extra))])

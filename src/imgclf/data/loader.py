@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from imgclf.data.cache import cached_images, split_key
 from imgclf.data.core import FileSplit, Split, TensorSplit
 from imgclf.data.transforms import Augment, Preprocess
+
+log = logging.getLogger(__name__)
 
 
 class _Prepared(torch.utils.data.Dataset):
@@ -26,12 +31,33 @@ class _Prepared(torch.utils.data.Dataset):
 
 
 def to_memory(split: FileSplit, preprocess: Preprocess, num_workers: int = 0) -> TensorSplit:
-    """Decode and prepare every image once (in DataLoader workers) into one uint8 tensor: later epochs
-    then run as fast as for MNIST. The images are exactly those `batches` would stream."""
-    loader = DataLoader(_Prepared(split, preprocess), batch_size=256, num_workers=num_workers)
-    images = torch.cat([x for x, _ in loader]) if len(split) else torch.zeros(0, preprocess.channels, *preprocess.size,
-                                                                              dtype=torch.uint8)
-    return TensorSplit(images, split.labels.clone())
+    """Every image decoded and prepared once into one uint8 tensor (in DataLoader workers), so later epochs
+    run as fast as for MNIST; kept in the cache, so later runs skip decoding. The images are exactly those
+    `batches` would stream."""
+    def decode() -> torch.Tensor:
+        log.info("decoding %d images", len(split))
+        loader = DataLoader(_Prepared(split, preprocess), batch_size=256, num_workers=num_workers)
+        if not len(split):
+            return torch.zeros(0, preprocess.channels, *preprocess.size, dtype=torch.uint8)
+        return torch.cat([x for x, _ in tqdm(loader, desc="decoding", unit="batch", leave=False,
+                                             disable=len(split) < 5000)])
+
+    key = split_key(split, preprocess.size, preprocess.channels)
+    return TensorSplit(cached_images(key, len(split), decode), split.labels.clone())
+
+
+def in_memory(split: Split, preprocess: Preprocess, choice: bool | None = None, limit_gb: float = 2.0,
+              num_workers: int = 0) -> Split:
+    """A file split decoded into memory when `choice` says so (None: when the prepared images take at most
+    `limit_gb`); other splits as they are."""
+    if not isinstance(split, FileSplit) or choice is False:
+        return split
+    size = len(split) * preprocess.channels * preprocess.size[0] * preprocess.size[1]
+    if choice is None and size > limit_gb * 2**30:
+        log.info("streaming %d images from disk (%.1f GiB prepared > data.memory_limit_gb)", len(split),
+                 size / 2**30)
+        return split
+    return to_memory(split, preprocess, num_workers)
 
 
 def batches(split: Split, preprocess: Preprocess, batch_size: int, *, order: torch.Tensor | None = None,

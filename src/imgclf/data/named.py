@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.data.cache import cache_dir
 from imgclf.data.core import Dataset, TensorSplit
 from imgclf.data.download import download
 from imgclf.data.idx import read_idx
@@ -108,13 +109,6 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 ("https://www.cs.toronto.edu/~kriz/",), read_cifar_binary),
 )}
 NAMES = (*DATASETS, "digits")
-
-
-def cache_dir() -> Path:
-    """Where downloads go: $IMGCLF_CACHE_DIR, else $XDG_CACHE_HOME/imgclf, else ~/.cache/imgclf."""
-    if os.environ.get("IMGCLF_CACHE_DIR"):
-        return Path(os.environ["IMGCLF_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
 
 
 def search_dirs(name: str, data_dir: Path | None) -> list[Path]:

@@ -42,12 +42,13 @@ PUBLISHED = {
 
 
 def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir: str | Path | None = None,
-                 split: str = "test", resamples: int = 1000, seed: int = 0, device: str = "auto",
+                 split: str | None = None, resamples: int = 1000, seed: int = 0, device: str = "auto",
                  latency_runs: int = 100, out: str | Path | None = None, progress: bool = False,
-                 pairs: list[tuple[str, str]] = ()) -> tuple[dict, Path]:
+                 pairs: list[tuple[str, str]] = (), tta: bool = False) -> tuple[dict, Path]:
     """Evaluate every run on the same split; writes compare.json and compare.html into `out` (default: the
     folder holding the first run) and returns the comparison and the HTML path. Besides each run against the
-    best, McNemar's test is run on each (a, b) of `pairs` (run names, as in the leaderboard)."""
+    best, McNemar's test is run on each (a, b) of `pairs` (run names, as in the leaderboard). `tta`: every model
+    scored on the mean of each image's and its mirror image's logits."""
     if len(runs) < 2:
         raise ImgclfError("compare needs at least two run directories.")
     entries, outcomes, first = [], [], None
@@ -58,11 +59,11 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
         digest = fingerprint(data.split)
         first = first or (digest, meta["classes"], data)
         if meta["classes"] != first[1] or digest != first[0]:
-            raise ImgclfError(f"{folder} does not share the classes and {split} images of {runs[0]} (a different "
+            raise ImgclfError(f"{folder} does not share the classes and {data.name} images of {runs[0]} (a different "
                               "dataset, data folder or split seed); compare runs trained on the same data, or pass "
                               "--dataset/--data to score all on one set.")
         pre = preprocess_of(meta)
-        probs = metrics.softmax(predict_logits(model.to(target), data.split, pre, target, progress=progress),
+        probs = metrics.softmax(predict_logits(model.to(target), data.split, pre, target, progress=progress, tta=tta),
                                 meta.get("temperature", 1.0))
         predicted = probs.argmax(axis=1)
         outcomes.append(predicted == data.targets)
@@ -85,7 +86,7 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
     paired = [{"a": a, "b": b, **mcnemar(outcomes[index[a]], outcomes[index[b]])} for a, b in pairs]
     order = sorted(range(len(entries)), key=lambda i: -entries[i]["accuracy"])
     data = first[2]
-    result = {"dataset": data.dataset.name, "split": split, "samples": len(data.targets),
+    result = {"tta": tta, "dataset": data.dataset.name, "split": data.name, "samples": len(data.targets),
               "created": datetime.now(timezone.utc).isoformat(), "best": entries[best]["name"],
               "leaderboard": [entries[i] for i in order], "pairs": paired,
               "published": PUBLISHED.get(data.dataset.name, []),

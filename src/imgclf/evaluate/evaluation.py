@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from imgclf.config import Config, load_config
-from imgclf.data import Dataset, Preprocess, Split, TensorSplit, load_dataset, train_val
+from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load_dataset, train_val
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
@@ -39,6 +39,7 @@ class EvalData:
     dataset: Dataset
     split: Split
     targets: np.ndarray  # (N,) indices into the model's classes
+    name: str = "test"  # which split it is
 
 
 def run_config(folder: Path) -> Config | None:
@@ -47,7 +48,7 @@ def run_config(folder: Path) -> Config | None:
 
 
 def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str | Path | None = None,
-              split: str = "test") -> EvalData:
+              split: str | None = None) -> EvalData:
     """The split to evaluate on: by default the run's own dataset (and data folder), split as in training;
     a folder of <class>/ images that the run was not trained on is evaluated whole, as its 'test' split.
 
@@ -62,8 +63,14 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     if data_dir is None and not foreign and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
         data_dir = config.data.data_dir
     whole = foreign and source.startswith("folder:")  # another plain <class>/ folder: all of it is test data
-    dataset = load_dataset(source or own, data_dir, fractions={"test": 1.0} if whole else None,
+    dataset = load_dataset(source or own, data_dir,
+                           fractions={"test": 1.0} if whole else config.data.fractions() if config else None,
                            seed=config.data.split_seed if config else 0)
+    if split is None:  # data with only train/ and val/ folders is scored on val
+        split = "test" if "test" in dataset.splits else "val"
+        if split == "val":
+            log.warning("%s has no test split: scoring the validation split, which also picked the run's best "
+                        "epoch (an optimistic figure; add a test/ folder for an unbiased one)", dataset.name)
     if split == "val" and config is not None and not foreign:
         data = config.data
         chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)[1]
@@ -77,7 +84,7 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
         raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
     if len(chosen) == 0:
         raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
-    return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen))
+    return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
 
 
 def _same_source(a: str | None, b: str | None) -> bool:
@@ -229,20 +236,22 @@ def _calibrate(folder: Path, meta: dict, model: Classifier, device: torch.device
 
 
 def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | Path | None = None,
-                 split: str = "test", calibrate: bool = False, resamples: int = 1000, seed: int = 0,
+                 split: str | None = None, calibrate: bool = False, resamples: int = 1000, seed: int = 0,
                  device: str = "auto", latency_runs: int = 100, out: str | Path | None = None,
-                 progress: bool = False) -> tuple[dict, Path]:
+                 progress: bool = False, tta: bool = False) -> tuple[dict, Path]:
     """Evaluate a run directory's model (or an exported model file); writes report.json and report.html into
-    `out` (default: the run's folder) and returns the report and the HTML path."""
+    `out` (default: the run's folder) and returns the report and the HTML path. `tta` scores the mean of the
+    logits of each image and its mirror image (test-time augmentation)."""
     model, meta = open_model(run)
     exported = isinstance(model, ExportedModel)
     folder, target = run_folder(run), device_for(model, device)
     if calibrate and exported:
         raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
                           "carries the temperature).")
-    data = eval_data(folder, meta, source, data_dir, split)
     classes, pre = meta["classes"], preprocess_of(meta)
-    logits = predict_logits(model.to(target), data.split, pre, target, progress=progress)
+    data = eval_data(folder, meta, source, data_dir, split)
+    data = replace(data, split=in_memory(data.split, pre))  # image files: decoded once, then from the cache
+    logits = predict_logits(model.to(target), data.split, pre, target, progress=progress, tta=tta)
     own_data = data_dir if source is None or _same_source(source, meta.get("dataset")) else None
     fitted = _calibrate(folder, meta, model, target, own_data, progress) if calibrate else meta.get("calibration")
     temperature = fitted["temperature"] if calibrate else meta.get("temperature", 1.0)
@@ -254,7 +263,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
     predicted = probs.argmax(axis=1)
     report.update({
         "run": str(folder), "model_file": str(run) if exported else str(folder / "model.safetensors"),
-        "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": split,
+        "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": data.name,
         "classes": classes, "created": datetime.now(timezone.utc).isoformat(),
         "confidence_intervals": {"level": 0.95, "resamples": resamples, "seed": seed,
                                  **accuracy_and_f1_ci(data.targets, predicted, len(classes), resamples, seed)},
@@ -264,7 +273,9 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
         "training": training_record(folder),
         "misclassified": _misclassified(probs, data.targets, classes),
         "robustness": robustness_record(folder, meta),
-        "notes": input_notes(data.split, pre),
+        "tta": tta, "notes": input_notes(data.split, pre) + (
+            ["scored with test-time augmentation: the mean of each image's and its mirror image's logits (latency "
+             "and throughput are of one pass)"] if tta else []),
     })
     figures = _figures(report, curves, uncalibrated, data, pre)
     out = Path(out) if out else folder / f"report-{Path(run).name}" if exported else folder  # keep the run's own

@@ -109,3 +109,54 @@ def mnist_best(num_classes: int, in_channels: int, image_size: int, **_) -> Clas
                                batch_norm=True, pools=2)
     return Classifier(body, features, num_classes, _scratch_input(image_size, in_channels), "body.conv8",
                       dropout=0.25)
+
+
+class _Stage(nn.Module):
+    """conv -> max-pool -> BN -> GELU halves the resolution; then a residual conv -> BN -> GELU.
+    Pooling right after the first conv puts the rest of the stage on a quarter of the pixels."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                                  nn.BatchNorm2d(cout), nn.GELU())
+        self.res = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)  # (B, cin, H, W) -> (B, cout, H/2, W/2)
+        return x + self.res(x)
+
+
+class _Scale(nn.Module):
+    """Multiplies by a constant: small logits at the start keep a high learning rate stable (as in the fast
+    ResNet-9 CIFAR-10 recipes, which scale by 1/8)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+@register_model("photo-fast", default_size=32, min_size=16,
+                description="small residual CNN for small RGB photos on a CPU (in the spirit of airbench)")
+def photo_fast(num_classes: int, in_channels: int, image_size: int, widths: tuple[int, ...] = (48, 96, 192),
+               **_) -> Classifier:
+    """A 3x3 stem, then one _Stage per width (each halves the resolution), then global max pooling.
+    At 32x32 with the default widths 48-96-192: 0.66M parameters, 48M multiply-adds per image."""
+    widths = tuple(int(w) for w in widths)
+    if not widths or min(widths) < 1 or image_size >> len(widths) < 1:
+        raise ImgclfError(f"photo-fast needs 1 to log2(image size) positive widths, got {list(widths)} "
+                          f"at {image_size}px.")
+    modules: OrderedDict[str, nn.Module] = OrderedDict(
+        stem=nn.Sequential(nn.Conv2d(in_channels, widths[0] // 2, 3, padding=1, bias=False),
+                           nn.BatchNorm2d(widths[0] // 2), nn.GELU()))
+    cin = widths[0] // 2
+    for i, cout in enumerate(widths, start=1):
+        modules[f"stage{i}"] = _Stage(cin, cout)
+        cin = cout
+    modules["pool"] = nn.AdaptiveMaxPool2d(1)
+    modules["flatten"] = nn.Flatten()  # (B, C, 1, 1) -> (B, C)
+    modules["scale"] = _Scale(0.125)
+    return Classifier(nn.Sequential(modules), cin, num_classes, _scratch_input(image_size, in_channels),
+                      f"body.stage{len(widths)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imgclf.errors import ImgclfError
 from imgclf.models.base import Classifier
+from imgclf.models.weights import backbone_state, load_matching, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
     if image_size < entry.min_size:
         raise ImgclfError(f"{name} needs inputs of at least {entry.min_size}x{entry.min_size}, "
                           f"got {image_size}; pass a larger image size.")
-    if (pretrained or weights) and not entry.pretrained:
-        raise ImgclfError(f"{name} has no pretrained weights; train it from scratch (pretrained=False).")
+    if pretrained and not entry.pretrained:
+        raise ImgclfError(f"{name} has no pretrained weights; train it from scratch (pretrained=False), or start "
+                          "its body from an imgclf run of it (weights=RUN/model.safetensors).")
     options = [n for n, p in inspect.signature(entry.build).parameters.items()
                if p.kind is not p.VAR_KEYWORD and n not in _COMMON]
     unknown = sorted(str(k) for k in set(kwargs) - set(options))
@@ -74,6 +76,10 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
                             image_size=image_size, pretrained=pretrained, weights=weights, **kwargs)
     except (TypeError, ValueError) as err:  # an option of the wrong type or range, e.g. dropout=2
         raise ImgclfError(f"cannot build {name} with options {kwargs}: {err}.") from err
+    if weights is not None and not entry.pretrained:  # imgclf's own models: the body of a run trained elsewhere
+        load_matching(model.body, backbone_state(read_state_dict(weights)), weights,
+                      hint=f"Pass the model.safetensors of an imgclf run of {name} with the same options and "
+                           "channels.")
     model.config = {"name": name, "num_classes": num_classes, "in_channels": model.input_spec.channels,
                     "image_size": image_size, **kwargs}
     model.freeze(freeze)

@@ -12,7 +12,7 @@ from torch import nn
 from imgclf.errors import ImgclfError
 from imgclf.models.base import Classifier, InputSpec
 from imgclf.models.registry import register_model
-from imgclf.models.weights import load_matching, read_state_dict
+from imgclf.models.weights import backbone_state, load_matching, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,11 @@ def build_backbone(arch: str, num_classes: int, in_channels: int, image_size: in
         raise ImgclfError(f"pretrained {arch} takes 1 (gray) or 3 (RGB) input channels, not {in_channels}.")
     net = _torchvision_model(arch, default if pretrained else None, with_weights, image_size)
     if weights is not None:
-        load_matching(net, read_state_dict(weights), weights, replaceable=(_last_linear(net)[0] + ".",))
+        hint = (f"Pass a state dict of torchvision's {arch} (torch.save(model.state_dict(), PATH)), or set "
+                "model.name to the architecture the file was saved from; to go on training an imgclf run on the same "
+                "classes, use model.init RUN instead.")
+        load_matching(net, backbone_state(read_state_dict(weights)), weights,
+                      replaceable=(_last_linear(net)[0] + ".",), hint=hint)
     if arch == "inception_v3":  # the auxiliary classifier only exists to load the pretrained file
         net.AuxLogits, net.aux_logits = None, False
     head, linear = _last_linear(net)

@@ -23,13 +23,12 @@ from tqdm import tqdm
 from imgclf.attacks import ATTACKS, pgd
 from imgclf.config import Config, load_config
 from imgclf.data import (
-    FileSplit,
     Split,
     augment_preset,
     batches,
     default_preprocess,
+    in_memory,
     load_dataset,
-    to_memory,
     train_val,
     with_extra,
 )
@@ -40,6 +39,7 @@ from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
 from imgclf.training.optim import make_optimizer, make_schedule
+from imgclf.training.recipe import resolve
 
 log = logging.getLogger(__name__)
 # settings a resumed run may change: where the data is and how it is read, and when to stop
@@ -74,7 +74,14 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     on_epoch(row) sees every epoch's metrics row and may return True to stop the run there ("pruned").
     test=False leaves the test split alone (hyperparameter search selects on validation only)."""
     started = time.monotonic()
-    config = _resume_config(Path(resume), config) if resume is not None else config or Config()
+    if resume is not None:
+        config = _resume_config(Path(resume), config)
+    else:  # the recipe chosen from the data for model.name auto; random weights never frozen
+        _check_settings(config or Config())
+        plan = resolve(config or Config())
+        config = plan.config
+        for note in plan.notes:
+            log.info("%s", note)
     _check_settings(config)
     group = join(pick_device(config.train.device), config.train.dist_timeout)  # under torchrun: all processes
     folder = Path(resume) if resume is not None else None
@@ -165,6 +172,9 @@ def _check_settings(config: Config) -> None:
         (cfg.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}"),
         (cfg.monitor in ("val_acc", "val_loss"), f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}"),
         (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
+        (data.test_fraction >= 0 and data.val_fraction + data.test_fraction < 1,
+         f"data.test_fraction must be 0 or more and leave training images beside data.val_fraction, got "
+         f"{data.test_fraction} with val_fraction {data.val_fraction}"),
         (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
         (cfg.adversarial in ("none", *ATTACKS), f"train.adversarial must be none, fgsm or pgd: {cfg.adversarial!r}"),
         (0 < cfg.eps <= 1, f"train.eps is in pixel units of images scaled to [0, 1]: (0, 1], got {cfg.eps}"),
@@ -203,7 +213,7 @@ class Trainer:
             raise ImgclfError(f"precision fp16 is not supported on {self.device.type}; use fp32 or bf16 "
                               "(fp16 needs CUDA).")
         self.budget = parse_duration(cfg.time) if cfg.time else None
-        self.dataset = load_dataset(data.dataset, data.data_dir, fractions=None, seed=data.split_seed,
+        self.dataset = load_dataset(data.dataset, data.data_dir, fractions=data.fractions(), seed=data.split_seed,
                                     strict=data.strict)
         self.train_split, self.val_split = train_val(self.dataset, data.subset, data.val_fraction, data.split_seed,
                                                      data.folds, data.fold)
@@ -224,7 +234,8 @@ class Trainer:
         if group.rank:  # the same initial weights everywhere, but each process its own dropout and augmentation
             torch.manual_seed(cfg.seed + 7919 * group.rank)
         self.preprocess = self.model.input_spec.preprocess(data_pre)
-        self.train_split, self.val_split = (self._maybe_in_memory(s) for s in (self.train_split, self.val_split))
+        self.train_split, self.val_split = (in_memory(s, self.preprocess, data.in_memory, data.memory_limit_gb,
+                                                       data.num_workers) for s in (self.train_split, self.val_split))
         self.augment = replace(augment_preset(self.dataset.kind if data.augment == "auto" else data.augment),
                                noise=data.noise)
         if cfg.channels_last:
@@ -547,19 +558,6 @@ class Trainer:
         model, _ = load_model(self.folder)
         test = self.dataset.split("test")
         return self._scores(model.to(self.device), test)[1] / len(test)
-
-    def _maybe_in_memory(self, split: Split | None) -> Split | None:
-        """An image-folder split decoded once into memory, when data.in_memory says so (null: if it fits)."""
-        data = self.config.data
-        if not isinstance(split, FileSplit) or data.in_memory is False:
-            return split
-        size = len(split) * self.preprocess.channels * self.preprocess.size[0] * self.preprocess.size[1]
-        if data.in_memory is None and size > data.memory_limit_gb * 2**30:
-            log.info("streaming %d images from disk (%.1f GiB prepared > data.memory_limit_gb)", len(split),
-                     size / 2**30)
-            return split
-        log.info("decoding %d images into memory (%.2f GiB)", len(split), size / 2**30)
-        return to_memory(split, self.preprocess, data.num_workers)
 
     def _class_weights(self) -> torch.Tensor:
         counts = torch.bincount(self.train_split.labels, minlength=len(self.dataset.classes)).float()

@@ -12,6 +12,7 @@ import torch
 from imgclf.config import Config
 from imgclf.data import batches
 from imgclf.training.loop import Trainer
+from imgclf.training.recipe import resolve
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def lr_find(config: Config, steps: int = 100, start: float = 1e-6, end: float = 
             progress: bool = True) -> tuple[list[float], list[float], float]:
     """(learning rates, smoothed losses, suggested rate): the rate at the lowest loss divided by 10,
     a common rule of thumb. Stops early once the loss exceeds 4x its lowest value. Nothing is saved."""
+    config = resolve(config).config  # model auto: the recipe's model and settings
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(config, Path(scratch), progress)
     model, optimizer = trainer.model.train(), trainer.optimizer
