@@ -16,11 +16,11 @@ HYMENOPTERA = SHARED / "hymenoptera"
 
 def test_hymenoptera_from_data_info_to_export(tmp_path, monkeypatch, capsys, caplog):
     # offline whatever the machine: the recipe must not depend on whether a download would work here
-    monkeypatch.setattr(recipe, "pretrained_available", lambda name, weights: (False, "offline in this test"))
+    monkeypatch.setattr(recipe, "pretrained_available", lambda name: (False, "offline in this test"))
     source = f"folder:{HYMENOPTERA}"
     with caplog.at_level(logging.WARNING):
         assert main(["data", "info", source]) == 0
-    assert caplog.text.count("imageNotFound.gif") == 1 and "GIF among 244 JPEG" in caplog.text
+    assert caplog.text.count("imageNotFound.gif") == 1 and "GIF among 397 JPEG" in caplog.text
     assert "2 classes, 245 train, 153 val" in capsys.readouterr().out
 
     runs = tmp_path / "runs"

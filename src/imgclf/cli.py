@@ -378,13 +378,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _lr_find(args: argparse.Namespace) -> None:
-    from imgclf.config import load_config
     from imgclf.evaluate.plots import lr_find_plot
     from imgclf.training.lr_find import lr_find
 
     if not 0 < args.start < args.end:
         raise ImgclfError(f"--start must be positive and below --end, got {args.start} and {args.end}.")
-    lrs, losses, suggestion = lr_find(load_config(args.config, _overrides(args)), args.steps, args.start, args.end,
+    lrs, losses, suggestion = lr_find(_resolved(args)[0], args.steps, args.start, args.end,
                                       progress=not args.quiet)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     lr_find_plot(lrs, losses, suggestion, args.plot)
@@ -392,10 +391,23 @@ def _lr_find(args: argparse.Namespace) -> None:
     print(f"suggested lr: {suggestion:.2g} (--train.lr {suggestion:.2g}); plot: {args.plot}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _resolved(args: argparse.Namespace, overrides: dict[str, object] | None = None, summary: bool = False):
+    """The config from --config and the options (default: all of them), with model auto replaced by the recipe
+    chosen from the data (the options given win), checked first; and the plan (to print)."""
     from imgclf.config import given_keys, load_config
-    from imgclf.training import LostProcess, train
+    from imgclf.training.loop import check_settings
     from imgclf.training.recipe import resolve
+
+    overrides = _overrides(args) if overrides is None else overrides
+    config = load_config(args.config, overrides)
+    check_settings(config)
+    plan = resolve(config, given_keys(args.config, overrides), summary=summary, named="model.name" in overrides)
+    return plan.config, plan
+
+
+def _train(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+    from imgclf.training import LostProcess, train
 
     overrides = _overrides(args)
     if args.resume is not None:
@@ -406,9 +418,7 @@ def _train(args: argparse.Namespace) -> None:
         saved = args.resume / "config.yaml"
         config = load_config(saved, overrides) if saved.is_file() else None
     else:
-        config = load_config(args.config, overrides)
-        plan = resolve(config, given_keys(args.config, overrides), summary=not _rank())
-        config = plan.config
+        config, plan = _resolved(args, overrides, summary=not _rank())
         if not _rank():
             print("\n".join(plan.lines()), flush=True)
     try:
@@ -442,12 +452,11 @@ def _rank() -> int:
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from imgclf.config import load_config
     from imgclf.training import parse_duration
     from imgclf.tune import load_space, tune
 
     overrides = {k: v for k, v in _overrides(args).items() if k != "train.time"}  # --time: the search budget
-    result = tune(load_config(args.config, overrides), load_space(args.space), sampler=args.sampler,
+    result = tune(_resolved(args, overrides)[0], load_space(args.space), sampler=args.sampler,
                   pruner=args.pruner, trials=args.trials, timeout=parse_duration(args.time) if args.time else None,
                   storage=args.storage, study=args.study, seed=args.seed, progress=False)
     best = result["best"]
@@ -518,10 +527,9 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _cv(args: argparse.Namespace) -> None:
-    from imgclf.config import load_config
     from imgclf.cv import cross_validate
 
-    result, path = cross_validate(load_config(args.config, _overrides(args)), args.folds, args.seeds,
+    result, path = cross_validate(_resolved(args)[0], args.folds, args.seeds,
                                   progress=not args.quiet)
     shown = [m for m in ("val_acc", "val_loss", "test_acc") if m in result["summary"]]
     print(f"{'fold':>4} {'seed':>4}  " + "".join(f"{m:>10}" for m in shown) + "  run")
@@ -553,7 +561,7 @@ def _robustness(args: argparse.Namespace) -> None:
                          step_size=args.step_size, random_start=args.random_start, limit=args.limit, seed=args.seed,
                          batch_size=args.batch_size, source=args.source, data_dir=args.data_dir, split=args.split,
                          device=args.device, out=args.out, progress=not args.quiet)
-    print(f"{r['model']} on {r['images']:,} {r['dataset']} {args.split} images: clean accuracy "
+    print(f"{r['model']} on {r['images']:,} {r['dataset']} {r['split']} images: clean accuracy "
           f"{r['clean_accuracy']:.4f}")
     if r["corruptions"]:
         print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}")

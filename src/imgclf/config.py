@@ -19,7 +19,8 @@ class DataConfig:
     dataset: str = "mnist"  # a name (mnist, fashion-mnist, kmnist, cifar10, digits) or folder:PATH
     data_dir: str | None = None  # where the dataset's files are (default: $IMGCLF_DATA_DIR, cache, download)
     val_fraction: float = 0.1  # validation split carved from the training data, stratified
-    test_fraction: float = 0.1  # a plain image folder (no train/val/test subfolders) keeps this much for testing
+    test_fraction: float | None = None  # a plain image folder (no train/val/test subfolders) keeps this much for
+    # testing and val_fraction for validation; null: the 80/10/10 split of runs from before this key
     split_seed: int = 0
     folds: int | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
     fold: int = 0
@@ -34,8 +35,10 @@ class DataConfig:
     strict: bool = False  # fail on unreadable files instead of skipping them
     extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
 
-    def fractions(self) -> dict[str, float]:
-        """How a plain image folder is split: train, val_fraction, test_fraction."""
+    def fractions(self) -> dict[str, float] | None:
+        """How a plain image folder is split: train, val_fraction, test_fraction (None: 80/10/10)."""
+        if self.test_fraction is None:
+            return None
         return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
                 "test": self.test_fraction}
 

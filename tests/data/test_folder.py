@@ -161,3 +161,13 @@ def test_photos_of_any_mode_size_and_orientation_go_in(tmp_path):
     assert images.shape == (7, 3, 16, 16)
     rotated = dataset.split("train")[6][0]
     assert rotated.shape == (3, 40, 30)  # turned upright as a viewer shows it
+
+
+def test_a_rare_format_is_named_but_strict_still_loads(tmp_path, write_image):
+    for i in range(100):
+        write_image(tmp_path / ("a" if i % 2 else "b") / f"{i}.jpg", size=(8, 8), seed=i)
+    write_image(tmp_path / "a" / "placeholder.png", size=(8, 8))
+    (tmp_path / "b" / "loop").symlink_to(tmp_path, target_is_directory=True)  # a link back up: not entered
+    dataset = load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0}, strict=True)
+    assert len(dataset.split("train")) == 101
+    assert any("a/placeholder.png (PNG among 100 JPEG)" in p for p in dataset.problems)

@@ -44,7 +44,7 @@ def test_digits_keep_the_mnist_recipe():
 def test_large_photos_transfer_when_weights_exist_else_train_small(monkeypatch, tmp_path):
     values, why = choose(_info((333, 500)), 245, "photos", "cpu", str(tmp_path / "r18.pth"))
     assert values["model.name"] == "resnet18" and values["train.freeze_epochs"] == 1 and "r18.pth" in why
-    monkeypatch.setattr(recipe, "pretrained_available", lambda name, weights: (False, "offline"))
+    monkeypatch.setattr(recipe, "pretrained_available", lambda name: (False, "offline"))
     values, why = choose(_info((333, 500)), 245, "photos", "cpu", None)
     assert values["model.name"] == "photo-fast" and values["data.image_size"] == 64
     assert "offline" in why and "--model.weights" in why
@@ -106,11 +106,19 @@ def test_flip_tta_averages_the_mirrored_logits():
 
 def test_a_named_model_gets_its_recipe_settings_from_the_command_line(image_folder):
     keys = {"data.dataset": f"folder:{image_folder}", "model.name": "resnet18", "model.weights": "r18.pth"}
-    plan = resolve(load_config(None, keys), set(keys))  # what `imgclf train` passes: the keys given
+    plan = resolve(load_config(None, keys), set(keys), named=True)  # what `imgclf train --model resnet18` passes
     train = plan.config.train
     assert plan.config.model.name == "resnet18" and plan.config.model.weights == "r18.pth"
-    assert (train.batch_size, train.optimizer, train.freeze_epochs, train.backbone_lr) == (32, "adamw", 1, 0.1)
+    # 16 training images: the batch is capped to what they fill
+    assert (train.batch_size, train.optimizer, train.freeze_epochs, train.backbone_lr) == (16, "adamw", 1, 0.1)
     assert not plan.config.model.pretrained and "fine-tuning recipe for resnet18" in plan.notes[0]
     assert resolve(load_config(None, keys)).config.train.batch_size == 256  # from Python: only what was asked
-    named = resolve(load_config(None, {**keys, "model.name": "photo-fast", "model.weights": None}), {"model.name"})
+    assert resolve(load_config(None, keys), set(keys)).config.train.batch_size == 256  # named in a recipe file
+    named = resolve(load_config(None, {**keys, "model.name": "photo-fast", "model.weights": None}), {"model.name"},
+                    named=True)
     assert named.config.train.optimizer == "sgd" and named.config.data.image_size == 32
+
+
+def test_model_auto_given_explicitly_is_still_chosen(image_folder):
+    keys = {"data.dataset": f"folder:{image_folder}", "model.name": "auto"}  # as tune's best.yaml has it
+    assert resolve(load_config(None, keys), set(keys)).config.model.name == "photo-fast"

@@ -25,7 +25,8 @@ _FORMAT = 1  # raise when what is cached, or how images are decoded, changes
 
 
 def cache_dir() -> Path:
-    """Where downloads go: $IMGCLF_CACHE_DIR, else $XDG_CACHE_HOME/imgclf, else ~/.cache/imgclf."""
+    """Where downloads and the folder cache go: $IMGCLF_CACHE_DIR, else $XDG_CACHE_HOME/imgclf, else
+    ~/.cache/imgclf."""
     if os.environ.get("IMGCLF_CACHE_DIR"):
         return Path(os.environ["IMGCLF_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclf"
@@ -86,7 +87,7 @@ def cached_images(key: str, count: int, compute: Callable[[], torch.Tensor]) -> 
         except (OSError, ValueError, KeyError, SafetensorError) as err:
             log.warning("decoded-image cache %s is damaged (%s); decoding the images again", path, err)
     images = compute()
-    digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(images.numpy().data).hexdigest()  # the pixels as they lie in memory, not a copy
     _store(path, lambda tmp: save_file({"images": images}, str(tmp), metadata={"sha256": digest}))
     return images
 
@@ -97,7 +98,7 @@ def _load_images(path: Path, count: int) -> torch.Tensor:
         images = f.get_tensor("images")
     if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != count:
         raise ValueError(f"holds {tuple(images.shape)} {images.dtype}, not {count} uint8 images")
-    if hashlib.sha256(images.numpy().tobytes()).hexdigest() != digest:
+    if hashlib.sha256(images.numpy().data).hexdigest() != digest:
         raise ValueError("its checksum does not match its pixels")
     log.info("read %d decoded images from the cache (%s)", count, path.parent)
     return images

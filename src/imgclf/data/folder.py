@@ -66,6 +66,10 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
                             "metrics will not cover them; add images (or change the split fractions).")
     if strict and problems:
         raise DataError(f"{root}: {len(problems)} problem(s) with --strict: " + " ".join(problems))
+    rare = _rare_formats([p for split in splits.values() for p in split.paths])  # a note, not a problem
+    if rare:
+        problems.append(f"{len(rare)} file(s) under {root} are kept but in a format the others are not "
+                        f"({'; '.join(rare[:_SHOWN])}); check that they are real examples of their class.")
     return Dataset(f"folder:{root}", classes, splits, kind="photos", problems=problems)
 
 
@@ -91,10 +95,6 @@ def _scan(folder: Path, problems: list[str], decode: bool, stamps: dict[str, str
         problems.append(f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
                         + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
                         + ". Remove or fix them.")
-    rare = _rare_formats([p for paths in files.values() for p in paths])
-    if rare:
-        problems.append(f"{len(rare)} file(s) under {folder} are kept but in a format the others are not "
-                        f"({'; '.join(rare[:_SHOWN])}); check that they are real examples of their class.")
     return files
 
 
@@ -111,10 +111,10 @@ def _rare_formats(paths: list[Path]) -> list[str]:
 
 
 def _files(folder: Path) -> list[tuple[Path, str]]:
-    """(path, stamp) of every file under `folder` (following links), hidden ones left out, in path order; one
+    """(path, stamp) of every file under `folder`, hidden ones left out, in path order; one
     stat each (os.walk, not Path.rglob: a large folder is listed several times faster)."""
     found = []
-    for root, _, names in os.walk(folder, followlinks=True):
+    for root, _, names in os.walk(folder):  # linked folders are not entered (nor were they by Path.rglob)
         parent, absolute = Path(root), os.path.abspath(root)
         for name in sorted(n for n in names if not n.startswith(".")):
             try:

@@ -127,8 +127,8 @@ class _Stage(nn.Module):
 
 
 class _Scale(nn.Module):
-    """Multiplies by a constant: small logits at the start keep a high learning rate stable (as in the fast
-    ResNet-9 CIFAR-10 recipes, which scale by 1/8)."""
+    """Multiplies the features by a constant, so the logits start small (but for the head's bias), which keeps a
+    high learning rate stable (as in the fast ResNet-9 CIFAR-10 recipes, which scale by 1/8)."""
 
     def __init__(self, factor: float) -> None:
         super().__init__()

@@ -77,12 +77,12 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     if resume is not None:
         config = _resume_config(Path(resume), config)
     else:  # the recipe chosen from the data for model.name auto; random weights never frozen
-        _check_settings(config or Config())
+        check_settings(config or Config())
         plan = resolve(config or Config())
         config = plan.config
         for note in plan.notes:
             log.info("%s", note)
-    _check_settings(config)
+    check_settings(config)
     group = join(pick_device(config.train.device), config.train.dist_timeout)  # under torchrun: all processes
     folder = Path(resume) if resume is not None else None
     try:
@@ -156,7 +156,7 @@ def _ema_with_warmup(decay: float):
     return update
 
 
-def _check_settings(config: Config) -> None:
+def check_settings(config: Config) -> None:
     """Out-of-range values, each with one sentence, before anything is loaded or written."""
     cfg, data = config.train, config.data
     checks = [
@@ -172,7 +172,7 @@ def _check_settings(config: Config) -> None:
         (cfg.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}"),
         (cfg.monitor in ("val_acc", "val_loss"), f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}"),
         (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
-        (data.test_fraction >= 0 and data.val_fraction + data.test_fraction < 1,
+        (data.test_fraction is None or (data.test_fraction >= 0 and data.val_fraction + data.test_fraction < 1),
          f"data.test_fraction must be 0 or more and leave training images beside data.val_fraction, got "
          f"{data.test_fraction} with val_fraction {data.val_fraction}"),
         (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
@@ -200,7 +200,7 @@ class Trainer:
         self.config, self.folder, self.progress, self.on_epoch, self.test = config, folder, progress, on_epoch, test
         cfg, data = config.train, config.data
         torch.manual_seed(cfg.seed)
-        _check_settings(config)
+        check_settings(config)
         self.group = group
         self.device = group.place(pick_device(cfg.device))
         if cfg.batch_size % group.world:

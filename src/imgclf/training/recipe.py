@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -36,15 +37,16 @@ class Plan:
         return [f"{key:<{width}}  {value}" for key, value in self.facts.items()] + [f"note: {n}" for n in self.notes]
 
 
-def resolve(config: Config, given: set[str] | None = None, *, summary: bool = False) -> Plan:
+def resolve(config: Config, given: set[str] | None = None, *, summary: bool = False, named: bool = False) -> Plan:
     """`config` with `model.name: auto` replaced by a recipe chosen from the data, and with no frozen or slowed
-    random backbone. Keys in `given`, or set to a non-default value, are kept. When `given` is known (the command
-    line), a model named there also gets the recipe's settings for it (photo-fast, or a backbone with weights).
-    `summary` also fills the plan's facts: model, parameters, input, classes, splits, device, time per epoch."""
+    random backbone (the one exception to: keys in `given`, or set to a non-default value, are kept). `named`: the
+    model was named on the command line, and gets the recipe's settings for it (photo-fast, or a backbone with
+    weights). `summary` also fills the plan's facts: model, parameters, input, classes, splits, device and the
+    estimated time per epoch."""
     notes: list[str] = []
     data, model = config.data, config.model
     dataset = train = val = None
-    if model.name == AUTO or summary or given is not None:
+    if model.name == AUTO or summary or named:
         dataset = load_dataset(data.dataset, data.data_dir, fractions=data.fractions(), seed=data.split_seed,
                                strict=data.strict)
         train, val = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)
@@ -52,9 +54,9 @@ def resolve(config: Config, given: set[str] | None = None, *, summary: bool = Fa
             choice, why = choose(describe(dataset), len(train), dataset.kind, config.train.device, model.weights)
         else:
             choice, why = settings_for(model.name, model.pretrained or bool(model.weights), describe(dataset),
-                                       len(train), config.train.device) if given is not None else ({}, "")
-        if choice:
-            kept = sorted(k for k in choice if k in (given or set()) | _changed(config))
+                                       len(train), config.train.device) if named else ({}, "")
+        if choice:  # the model's name is the recipe's to choose even when "auto" was given explicitly
+            kept = sorted(k for k in choice if k != "model.name" and k in (given or set()) | _changed(config))
             config = with_overrides(config, {k: v for k, v in choice.items() if k not in kept})
             notes.append(why + (f"; kept your {', '.join(kept)}" if kept else ""))
     config, fixed = _no_random_freeze(config)
@@ -91,12 +93,14 @@ def choose(info: dict, count: int, kind: str, device: str, weights: str | None) 
     """Config values for data described by `info` (describe()) with `count` training images, and why."""
     side = min(info["size"])  # typical (most common) image size
     gray = info["channels"] == 1
+    if weights:  # a weights file is for the transfer backbone, whatever the size of the images
+        return {**_transfer(count, device), "model.pretrained": False}, f"weights from {weights}: {_TRANSFER}"
     if kind == "digits" or (gray and side <= 32):
         return {"model.name": "mnist-fast"}, "small single-channel images: mnist-fast, the fast MNIST recipe"
     if side > 64:
-        available, reason = pretrained_available(_TRANSFER, weights)
+        available, reason = pretrained_available(_TRANSFER)
         if available:
-            return {**_transfer(count, device), "model.pretrained": not weights}, (
+            return {**_transfer(count, device), "model.pretrained": True}, (
                 f"photos of about {info['size'][1]}x{info['size'][0]} px and {reason}: transfer learning from "
                 f"{_TRANSFER}")
         recipe = photo_fast_recipe(count, 64, device)
@@ -122,7 +126,7 @@ def photo_fast_recipe(count: int, size: int, device: str) -> dict[str, object]:
     """The fast small-photo recipe (see BENCHMARKS.md): SGD with Nesterov momentum, a one-cycle schedule, label
     smoothing 0.2, flips and small shifts, an average of the weights over the last ~50 steps (validated and
     saved), bf16 where the processor computes it natively."""
-    batch = 512 if count >= 8192 else max(32, 2 ** int(math.log2(max(1, count // 16))))
+    batch = min(512 if count >= 8192 else max(32, 2 ** int(math.log2(max(1, count // 16)))), _fits(count))
     return {"model.name": "photo-fast", "data.image_size": size, "data.augment": "light" if count >= 10_000 else
             "photos", "train.batch_size": batch, "train.optimizer": "sgd", "train.lr": round(0.4 * batch / 512, 4),
             "train.weight_decay": 5e-4, "train.momentum": 0.9, "train.nesterov": True, "train.schedule": "onecycle",
@@ -130,11 +134,16 @@ def photo_fast_recipe(count: int, size: int, device: str) -> dict[str, object]:
             "train.epochs": float(min(40, max(10, round(320_000 / max(1, count))))), "train.channels_last": True}
 
 
+def _fits(count: int) -> int:
+    """The largest power of two that is at most `count` (a batch the training images fill)."""
+    return 2 ** int(math.log2(max(1, count)))
+
+
 def _transfer(count: int, device: str, name: str = _TRANSFER) -> dict[str, object]:
     """Fine-tuning a pretrained backbone: the head alone for an epoch, then everything at a tenth of the lr."""
-    return {"model.name": name,
+    return {"model.name": name, "train.batch_size": min(32, _fits(count)),
             "data.image_size": 224 if pick_device(device).type == "cuda" else 160, "data.augment": "photos",
-            "train.batch_size": 32, "train.optimizer": "adamw", "train.lr": 1e-3, "train.schedule": "cosine",
+            "train.optimizer": "adamw", "train.lr": 1e-3, "train.schedule": "cosine",
             "train.warmup": 0.5, "train.label_smoothing": 0.1, "train.epochs": 10.0 if count < 5000 else 5.0,
             "train.freeze_epochs": 1, "train.backbone_lr": 0.1, "train.precision": _fast_precision(device),
             "train.channels_last": True}
@@ -150,15 +159,16 @@ def _fast_precision(device: str) -> str:
     return "bf16" if native else "fp32"
 
 
-def pretrained_available(name: str, weights: str | None) -> tuple[bool, str]:
-    """Whether `name`'s ImageNet weights can be had (a local file, torch's cache, or a download), and why."""
-    if weights:
-        return True, f"weights from {weights}"
+def pretrained_available(name: str) -> tuple[bool, str]:
+    """Whether `name`'s ImageNet weights can be had (torch's cache, or a download), and why. Under torchrun only
+    the cache counts: every process must make the same choice, and a network check could differ."""
     from torchvision.models import get_model_weights
 
     url = get_model_weights(name).DEFAULT.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
         return True, "ImageNet weights in torch's cache"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False, "no ImageNet weights in torch's cache (not downloaded under torchrun)"
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5).close()
         return True, "ImageNet weights downloadable"
@@ -214,6 +224,8 @@ def estimate(config: Config, num_classes: int, channels: int, train_count: int, 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # else only the kernel launches would be timed
         times.append(time.perf_counter() - start)
     per_image = min(times[2:]) / batch
     params = sum(p.numel() for p in model.parameters())
