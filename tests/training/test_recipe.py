@@ -60,6 +60,13 @@ def test_given_settings_win_over_the_recipe(image_folder):
     assert "kept your data.image_size, train.epochs, train.lr" in plan.notes[0]
 
 
+def test_imbalanced_classes_get_a_weighted_loss(tmp_path, write_image):
+    for i in range(40):
+        write_image(tmp_path / ("many" if i < 32 else "few") / f"{i}.png", size=(16, 16), seed=i)
+    plan = resolve(load_config(None, {"data.dataset": f"folder:{tmp_path}"}))
+    assert plan.config.train.class_weights and "4x apart" in plan.notes[0]
+
+
 def test_random_weights_are_never_frozen_or_slowed():
     folder_recipe = load_config(CONFIGS / "folder.yaml", {"model.pretrained": False})
     assert folder_recipe.train.freeze_epochs == 1 and folder_recipe.train.backbone_lr == 0.1

@@ -51,7 +51,12 @@ def resolve(config: Config, given: set[str] | None = None, *, summary: bool = Fa
                                strict=data.strict)
         train, val = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)
         if model.name == AUTO:
-            choice, why = choose(describe(dataset), len(train), dataset.kind, config.train.device, model.weights)
+            info = describe(dataset)
+            choice, why = choose(info, len(train), dataset.kind, config.train.device, model.weights)
+            counts = [n for n in info["splits"]["train"]["per_class"].values() if n]
+            if max(counts) > 3 * min(counts):  # rare classes would count for little in the loss
+                choice["train.class_weights"] = True
+                why += f"; classes up to {max(counts) / min(counts):.0f}x apart in size: the loss is weighted by class"
         else:
             choice, why = settings_for(model.name, model.pretrained or bool(model.weights), describe(dataset),
                                        len(train), config.train.device) if named else ({}, "")
