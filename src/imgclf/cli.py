@@ -527,8 +527,9 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _cv(args: argparse.Namespace) -> None:
-    from imgclf.cv import cross_validate
+    from imgclf.cv import check_counts, cross_validate
 
+    check_counts(args.folds, args.seeds)  # before the data is read for the recipe
     result, path = cross_validate(_resolved(args)[0], args.folds, args.seeds,
                                   progress=not args.quiet)
     shown = [m for m in ("val_acc", "val_loss", "test_acc") if m in result["summary"]]

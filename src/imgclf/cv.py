@@ -21,15 +21,20 @@ log = logging.getLogger(__name__)
 METRICS = ("val_acc", "val_loss", "test_acc", "epochs", "train_seconds")
 
 
+def check_counts(folds: int, seeds: int) -> None:
+    """At least one fold and seed, and more than one run in all."""
+    if folds < 1 or seeds < 1:
+        raise ImgclfError(f"--folds and --seeds must be at least 1, got {folds} and {seeds}.")
+    if folds == 1 and seeds == 1:
+        raise ImgclfError("one fold and one seed is a single run; use --folds 5 and/or --seeds 3 (or imgclf train).")
+
+
 def cross_validate(config: Config, folds: int = 5, seeds: int = 1, progress: bool = True) -> tuple[dict, Path]:
     """Train `config` for every (fold, seed) into <out>/<name>/fold<i>-seed<s>/; returns the results
     (per run, then mean and sample std of each metric) and the path of cv.json next to the runs.
 
     folds=1 keeps the config's own validation split and only varies the seed."""
-    if folds < 1 or seeds < 1:
-        raise ImgclfError(f"--folds and --seeds must be at least 1, got {folds} and {seeds}.")
-    if folds == 1 and seeds == 1:
-        raise ImgclfError("one fold and one seed is a single run; use --folds 5 and/or --seeds 3 (or imgclf train).")
+    check_counts(folds, seeds)
     name = config.name or f"cv-{config.model.name}-{Path(config.data.dataset.removeprefix('folder:')).name}" \
                           f"-{datetime.now():%Y%m%d-%H%M%S}"
     parent = Path(config.out) / name
