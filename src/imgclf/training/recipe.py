@@ -50,15 +50,15 @@ def resolve(config: Config, given: set[str] | None = None, *, summary: bool = Fa
         dataset = load_dataset(data.dataset, data.data_dir, fractions=data.fractions(), seed=data.split_seed,
                                strict=data.strict)
         train, val = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)
+        info = describe(dataset)  # once: for MNIST-sized data it reads every image
         if model.name == AUTO:
-            info = describe(dataset)
             choice, why = choose(info, len(train), dataset.kind, config.train.device, model.weights)
             counts = [n for n in info["splits"]["train"]["per_class"].values() if n]
             if max(counts) > 3 * min(counts):  # rare classes would count for little in the loss
                 choice["train.class_weights"] = True
                 why += f"; classes up to {max(counts) / min(counts):.0f}x apart in size: the loss is weighted by class"
         else:
-            choice, why = settings_for(model.name, model.pretrained or bool(model.weights), describe(dataset),
+            choice, why = settings_for(model.name, model.pretrained or bool(model.weights), info,
                                        len(train), config.train.device) if named else ({}, "")
         if choice:  # the model's name is the recipe's to choose even when "auto" was given explicitly
             kept = sorted(k for k in choice if k != "model.name" and k in (given or set()) | _changed(config))
@@ -67,12 +67,12 @@ def resolve(config: Config, given: set[str] | None = None, *, summary: bool = Fa
     config, fixed = _no_random_freeze(config)
     plan = Plan(config, notes + fixed)
     if summary:
-        plan.facts = _facts(config, dataset, train, val)
+        plan.facts = _facts(config, dataset, info, train, val)
     return plan
 
 
-def _facts(config: Config, dataset, train, val) -> dict[str, str]:
-    channels = config.data.channels or describe(dataset)["channels"]
+def _facts(config: Config, dataset, info: dict, train, val) -> dict[str, str]:
+    channels = config.data.channels or info["channels"]
     augment = augment_preset(dataset.kind if config.data.augment == "auto" else config.data.augment)
     params, seconds = estimate(config, len(dataset.classes), channels, len(train), len(val or ()), augment)
     size = config.data.image_size or model_entry(config.model.name).default_size
