@@ -82,9 +82,9 @@ def test_exported_models_predict_and_evaluate_like_the_run(trained, tmp_path, mn
     for i in range(5):
         images.append(tmp_path / f"{i}.png")
         Image.fromarray(mnist.split("test").images[i, 0].numpy()).save(images[-1])
-    expected = predict_files(trained, images, top=3)
+    expected = [p.top for p in predict_files(trained, images, top=3)]
     for exported in (onnx_path, script_path):
-        got = predict_files(exported, images, top=3)
+        got = [p.top for p in predict_files(exported, images, top=3)]
         assert [[c for c, _ in row] for row in got] == [[c for c, _ in row] for row in expected]
         np.testing.assert_allclose([[p for _, p in row] for row in got], [[p for _, p in row] for row in expected],
                                    atol=1e-5)

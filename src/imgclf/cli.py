@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import math
@@ -15,6 +17,9 @@ import yaml
 
 from imgclf import __version__
 from imgclf.errors import ImgclfError
+
+_MOVED = ("where the run's data is now, if it moved: its image folder, or the folder with a named dataset's files "
+          "(default: where it was at training)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")  # other libraries: warnings
     logging.getLogger("imgclf").setLevel(level)
     try:
-        args.run(args)
+        status = args.run(args) or 0  # a command may report a partial failure in its exit status
     except ImgclfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,8 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     which = scored_on.add_mutually_exclusive_group()
     which.add_argument("--dataset", dest="source", metavar="NAME",
                        help="score on this dataset (default: the run's own)")
-    which.add_argument("--data", dest="source", metavar="folder:PATH", help="score on a folder of images")
-    scored_on.add_argument("--data-dir", help="folder with the dataset's files (default: the run's, then as for train)")
+    which.add_argument("--data", dest="source", metavar="folder:PATH",
+                       help="score on a folder of images (all of it; or, if it holds the run's own data moved, "
+                            "the split the run recorded)")
+    scored_on.add_argument("--data-dir", help=_MOVED)
     scored_on.add_argument("--split", help="split to score (default test, or val when the data has no test split; "
                                            "val is the run's validation)")
     scored_on.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
@@ -177,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18, the oldest supported)")
     export.add_argument("--embed-normalization", action="store_true",
                         help="normalize inside the model: the input is the resized image scaled to [0, 1]")
-    export.add_argument("--data-dir", help="folder with the dataset's files, for the parity check")
+    export.add_argument("--data-dir", help=_MOVED + "; read for the parity check")
     export.add_argument("--out", type=Path, help="folder for the exported file (default: the run)")
     export.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest probability difference to PyTorch accepted (default 1e-4)")
@@ -186,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("benchmark", parents=[logs],
                                 help="the model in every format: size, accuracy, latency, throughput, share of peak")
     bench.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory")
-    bench.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
+    bench.add_argument("--data-dir", help=_MOVED)
     bench.add_argument("--runs", type=_positive, default=100, help="timed single-image passes (default 100)")
     bench.add_argument("--batch", type=_positive, default=256, help="batch size for throughput (default 256)")
     bench.set_defaults(run=_benchmark)
@@ -224,10 +231,16 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", parents=[logs], help="classify images with a trained model")
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
-    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files, folders (every image under them) or patterns such as 'new/**/*.jpg'")
     predict.add_argument("--top", type=_positive, default=3, help="classes shown per image (default 3)")
     predict.add_argument("--tta", action="store_true",
                          help="test-time augmentation: average each image's logits with its mirror image's")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                         help="table (one line per image, the default), json or csv")
+    predict.add_argument("--out", type=Path, help="write the predictions to this file instead of the screen")
+    predict.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass (default 64)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     predict.set_defaults(run=_predict)
 
     serve = commands.add_parser("serve", parents=[logs], help="an HTTP service for a model, with feedback")
@@ -277,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="fewest held-out feedback images to decide on (default 10)")
     retrain.add_argument("--name", help="name of the new run (default <run>-retrained-<time>)")
     retrain.add_argument("--out", type=Path, help="parent folder of the new run (default: the old run's)")
+    retrain.add_argument("--data-dir", help=_MOVED)
     retrain.set_defaults(run=_retrain)
 
     study = commands.add_parser("study", help="studies regenerated from real runs").add_subparsers(
@@ -626,7 +640,8 @@ def _retrain(args: argparse.Namespace) -> None:
     from imgclf.retrain import retrain
 
     r = retrain(args.run_dir, args.feedback, epochs=args.epochs, lr_factor=args.lr_factor, holdout=args.holdout,
-                min_holdout=args.min_holdout, name=args.name, out=args.out, progress=not args.quiet)
+                min_holdout=args.min_holdout, name=args.name, out=args.out, data_dir=args.data_dir,
+                progress=not args.quiet)
     print(f"fine-tuned on the run's data plus {r['feedback_train_images']} corrected images")
     print(f"{'':<8}{'test accuracy':>16}{'held-out feedback':>20}  run")
     for when in ("before", "after"):
@@ -679,11 +694,50 @@ def _benchmark(args: argparse.Namespace) -> None:
               f"{r['images_per_second']:>12,.0f}{r['speedup']:>9.2f}x{r['peak_fraction']:>9.1%}")
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from imgclf.predict import predict_files
+def _predict(args: argparse.Namespace) -> int:
+    from imgclf.files import atomic_write
+    from imgclf.predict import image_paths, predict_files
 
-    for path, top in zip(args.images, predict_files(args.run_dir, args.images, args.top, args.tta), strict=True):
-        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    paths = image_paths(args.images)
+    if not paths:
+        raise ImgclfError(f"no images in {', '.join(map(str, args.images))}; pass image files, folders or patterns.")
+    found = predict_files(args.run_dir, paths, args.top, args.tta, batch_size=args.batch_size, device=args.device,
+                         progress=not args.quiet)
+    text = _PREDICTION_FORMATS[args.format](found)
+    if args.out:
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        print(f"wrote {len(found)} predictions to {args.out}")
+    else:
+        print(text, end="")
+    failed = sum(p.error is not None for p in found)
+    if failed:
+        print(f"{failed} of {len(found)} images could not be classified (see their lines)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _table(found: list) -> str:
+    return "".join(f"{p.path}: " + (f"error: {p.error}" if p.error else ", ".join(f"{label} {prob:.3f}"
+                                                                                   for label, prob in p.top)) + "\n"
+                   for p in found)
+
+
+def _json(found: list) -> str:
+    return json.dumps([{"path": str(p.path), "top": [{"label": label, "probability": prob} for label, prob in p.top],
+                        "error": p.error} for p in found], indent=2) + "\n"
+
+
+def _csv(found: list) -> str:
+    top = max((len(p.top) for p in found), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", *(f"{k}_{i}" for i in range(1, top + 1) for k in ("label", "probability")), "error"])
+    for p in found:
+        cells = [c for label, prob in p.top for c in (label, f"{prob:.6f}")]
+        writer.writerow([p.path, *cells, *[""] * (2 * top - len(cells)), p.error or ""])
+    return buffer.getvalue()
+
+
+_PREDICTION_FORMATS = {"table": _table, "json": _json, "csv": _csv}
 
 
 def _positive(text: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -128,6 +129,20 @@ def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str
 def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
     """A copy of `config` with {'train.lr': 0.01, 'model.options.layers': 10, ...} applied, checked."""
     return _build(Config, _apply(config.to_dict(), overrides), "")
+
+
+def absolute_paths(config: Config) -> Config:
+    """`config` with its files and folders (folder dataset, data_dir, extra, weights, init) as absolute paths: a
+    run's config.yaml then names the same data from whatever directory it is used."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+    data, model = config.data, config.model
+    dataset = f"folder:{absolute(data.dataset[7:])}" if data.dataset.startswith("folder:") else data.dataset
+    return dataclasses.replace(
+        config, data=dataclasses.replace(data, dataset=dataset, data_dir=absolute(data.data_dir),
+                                         extra=absolute(data.extra)),
+        model=dataclasses.replace(model, weights=absolute(model.weights), init=absolute(model.init)))
 
 
 def _apply(data: dict, overrides: dict[str, object]) -> dict:

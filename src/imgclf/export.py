@@ -93,7 +93,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             "classes": meta["classes"], "preprocess": shipped.to_dict(), "preprocess_of_source": pre.to_dict(),
             "temperature": meta.get("temperature", 1.0), "calibration": meta.get("calibration"),
             "architecture": meta["architecture"],
-            "dataset": meta.get("dataset"), "source": {"run": str(folder), "sha256": meta["sha256"]},
+            "dataset": meta.get("dataset"), "source": {"run": str(folder.resolve()), "sha256": meta["sha256"]},
             "sha256": sha256(path), "exported": datetime.now(timezone.utc).isoformat(),
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
     text = json.dumps(info, indent=2) + "\n"

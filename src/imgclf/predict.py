@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +13,11 @@ import torch
 from tqdm import tqdm
 
 from imgclf.data import Preprocess, Split, batches
+from imgclf.data.folder import IMAGE_SUFFIXES
 from imgclf.data.transforms import read_image
+from imgclf.errors import DataError, ImgclfError
 from imgclf.rundir import preprocess_of
-from imgclf.runtime import open_model
+from imgclf.runtime import device_for, open_model
 
 
 def predict_logits(model: torch.nn.Module, split: Split, preprocess: Preprocess, device: torch.device,
@@ -36,17 +41,61 @@ def forward(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch
     return (logits + model(x.flip(-1)).float()) / 2 if tta else logits
 
 
-def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = False
-                  ) -> list[list[tuple[str, float]]]:
-    """For each image, the `top` (class, probability) pairs, most likely first; `run` is a run directory or
-    an exported model file. `tta`: average with the mirrored image (test-time augmentation)."""
+@dataclass
+class Prediction:
+    """One image's classes, most likely first, or why it could not be classified."""
+
+    path: Path
+    top: list[tuple[str, float]]  # (class, probability); empty when `error` says what went wrong
+    error: str | None = None
+
+
+def image_paths(inputs: list[str | Path]) -> list[Path]:
+    """The files to classify: a folder stands for every image under it (recursively, hidden files left out), a
+    pattern with * ? or [ for the files it matches (** spans folders), anything else for itself."""
+    found: list[Path] = []
+    for text in map(str, inputs):
+        if os.path.isdir(text):
+            found += sorted((p for p in Path(text).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                             and not any(part.startswith(".") for part in p.relative_to(text).parts)),
+                            key=lambda p: p.parts)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise ImgclfError(f"no file matches {text}; check the pattern (quote it so the shell passes it "
+                                  "as it is).")
+            found += [Path(m) for m in matches if os.path.isfile(m)]
+        else:
+            found.append(Path(text))
+    return found
+
+
+def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = False, *, batch_size: int = 64,
+                  device: str = "auto", progress: bool = False) -> list[Prediction]:
+    """For each image in order, the `top` (class, probability) pairs, or the reason it could not be read; `run`
+    is a run directory or an exported model file. Images go through the model `batch_size` at a time on
+    `device`; `tta`: averaged with the mirrored image (test-time augmentation)."""
     model, meta = open_model(run)
-    preprocess = preprocess_of(meta)
-    images = [preprocess(read_image(path).unsqueeze(0)) for path in paths]
-    with torch.no_grad():
-        # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
-        probs = torch.softmax(forward(model, torch.cat(images), tta) / meta.get("temperature", 1.0), dim=1)
-    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
-    classes = meta["classes"]
-    return [[(classes[i], float(v)) for v, i in zip(vs, ix, strict=True)]
-            for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)]
+    target = device_for(model, device)
+    model = model.to(target).eval()
+    preprocess, classes = preprocess_of(meta), meta["classes"]
+    results = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch", leave=False,
+                      disable=not progress or len(paths) <= batch_size):
+        images, read = [], []
+        for path in paths[start:start + batch_size]:
+            results.append(Prediction(path, []))
+            try:
+                images.append(preprocess(read_image(path).unsqueeze(0)))
+                read.append(results[-1])
+            except DataError as err:  # reported on its own line; the other images go on
+                results[-1].error = str(err)
+        if images:
+            with torch.no_grad():
+                # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
+                logits = forward(model, torch.cat(images).to(target), tta).cpu()
+            values, indices = torch.softmax(logits / meta.get("temperature", 1.0), dim=1).topk(
+                min(top, len(classes)), dim=1)
+            for prediction, vs, ix in zip(read, values.tolist(), indices.tolist(), strict=True):
+                prediction.top = [(classes[i], float(v)) for v, i in zip(vs, ix, strict=True)]
+    return results

@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr_factor: float = 0.1,
             holdout: float = 0.3, min_holdout: int = 10, name: str | None = None, out: str | Path | None = None,
-            progress: bool = False) -> dict:
+            data_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Fine-tune `run` (a run directory) on its data plus about (1 - holdout) of the feedback; score old and new
     on the original test split and the held-out feedback; write retrain.json into the new run and, if it is
-    promoted, its name into CURRENT in the runs folder. Returns the comparison.
+    promoted, its name into CURRENT in the runs folder. Returns the comparison. `data_dir`: where the run's
+    data is now, if it moved (its image folder, or the folder with a named dataset's files).
 
     The feedback is what users sent: a hold-out of a few images decides little, and a user who sends wrong
     labels on purpose can steer it. The test split guards against the worst; review `imgclf feedback stats`."""
@@ -45,13 +46,16 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
     if (out / name).exists():
         raise ImgclfError(f"{out / name} already exists; pass another --name.")
     train_dir, held_dir = _split_feedback(feedback_db, out / f"{name}.feedback", holdout, min_holdout)
-    config = with_overrides(config, {"name": name, "out": str(out), "data.extra": str(train_dir),
+    moved = {} if data_dir is None else {"data.dataset": f"folder:{data_dir}"} if config.data.dataset.startswith(
+        "folder:") else {"data.data_dir": str(data_dir)}
+    config = with_overrides(config, {**moved, "name": name, "out": str(out), "data.extra": str(train_dir),
                                      "model.init": str(folder.resolve()), "model.pretrained": False,
                                      "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
     new = train(config, progress=progress).path
     models = {label: load_model(path) for label, path in (("before", folder), ("after", new))}
     meta = models["before"][1]  # both models know the same classes: the data is read once for both
-    parts = {"test": eval_data(folder, meta), "feedback": eval_data(folder, meta, f"folder:{held_dir}")}
+    parts = {"test": eval_data(folder, meta, data_dir=data_dir),
+             "feedback": eval_data(folder, meta, f"folder:{held_dir}")}
     scores = {label: _score(model, own_meta, parts) for label, (model, own_meta) in models.items()}
     better = scores["after"]["feedback"]["accuracy"] > scores["before"]["feedback"]["accuracy"]
     kept = scores["after"]["test"]["accuracy"] >= scores["before"]["test"]["accuracy"]

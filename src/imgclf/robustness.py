@@ -26,10 +26,10 @@ from imgclf.data import Preprocess, batches
 from imgclf.data.transforms import affine
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
-from imgclf.evaluate.evaluation import EvalData, device_for, eval_data
+from imgclf.evaluate.evaluation import EvalData, eval_data
 from imgclf.evaluate.report import page, robustness_section
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
-from imgclf.runtime import ExportedModel, open_model
+from imgclf.runtime import ExportedModel, device_for, open_model
 
 SEVERITIES = 5
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import load_model, sha256
 
@@ -78,6 +79,11 @@ def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
         raise ImgclfError(f"{path} does not match the checksum in {meta_path.name}: the file is damaged or was "
                           "replaced. Export it again.")
     return ExportedModel(path), meta
+
+
+def device_for(model: torch.nn.Module | ExportedModel, device: str) -> torch.device:
+    """The device to run on: 'auto' means the CPU for an exported model (onnxruntime and TorchScript run there)."""
+    return pick_device("cpu" if isinstance(model, ExportedModel) and device == "auto" else device)
 
 
 def open_model(path: str | Path):

@@ -97,7 +97,7 @@ def test_calibrate_fits_on_validation_saves_temperature_and_predict_uses_it(runs
     image_path = tmp_path / "digit.png"
     image = dataset.split("test")[0][0]
     Image.fromarray(image[0].numpy()).save(image_path)
-    top = predict_files(folder, [image_path], top=1)[0][0]
+    top = predict_files(folder, [image_path], top=1)[0].top[0]
     x = preprocess_of(meta)(image.unsqueeze(0))
     with torch.no_grad():
         expected = torch.softmax(model(x) / temperature, dim=1).max().item()
@@ -119,7 +119,7 @@ def test_evaluate_on_a_folder_with_some_of_the_models_classes(runs, tmp_path, mn
     assert support["3"] == 15 and support["7"] == 15 and support["0"] == 0
     assert report["auc"][0] is None and report["auc"][3] is not None  # no class-0 sample: its AUC is undefined
     files = sorted((tmp_path / "digits").glob("*/*.png"))
-    predicted = [top[0][0] for top in predict_files(runs[0].path, files, top=1)]
+    predicted = [p.top[0][0] for p in predict_files(runs[0].path, files, top=1)]
     truth = [f.parent.name for f in files]
     assert report["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
 

@@ -50,7 +50,7 @@ def server(mnist_run, tmp_path_factory):
 def test_predictions_match_the_cli_in_every_request_shape(server, digits, mnist_run):
     url, _ = server
     _, paths = digits
-    expected = [top[0][0] for top in predict_files(mnist_run, paths[:8])]
+    expected = [p.top[0][0] for p in predict_files(mnist_run, paths[:8])]
     with httpx.Client(base_url=url) as client:
         for path, label in zip(paths[:8], expected, strict=True):
             upload = client.post("/v1/predict", files={"file": path.read_bytes()})
@@ -193,7 +193,7 @@ def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
 def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digits, mnist_run):
     url, _ = server
     _, paths = digits
-    expected = [top[0][0] for top in predict_files(mnist_run, paths)]
+    expected = [p.top[0][0] for p in predict_files(mnist_run, paths)]
     with httpx.Client(base_url=url) as client:
         before = _batches(client.get("/metrics").text)
 

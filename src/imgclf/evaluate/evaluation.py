@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from imgclf.config import Config, load_config
-from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load_dataset, train_val
-from imgclf.device import pick_device
+from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load_dataset, membership, train_val
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
@@ -26,7 +25,7 @@ from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
-from imgclf.runtime import ExportedModel, open_model
+from imgclf.runtime import ExportedModel, device_for, open_model
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
@@ -52,25 +51,30 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     """The split to evaluate on: by default the run's own dataset (and data folder), split as in training;
     a folder of <class>/ images that the run was not trained on is evaluated whole, as its 'test' split.
 
-    'val' is the run's own validation split (its fold, or the part carved from the training data)."""
+    A run that recorded its files (data.json) reads exactly those, from `data_dir` or a `source` folder that
+    holds them when the data has moved. 'val' is the run's own validation split (its fold, or the part carved
+    from the training data)."""
     # an exported model outside its run finds the run's config through its provenance
-    config = run_config(folder) or run_config(Path(meta.get("source", {}).get("run", folder)))
+    home = folder if (folder / "config.yaml").is_file() else Path(meta.get("source", {}).get("run", folder))
+    config = run_config(home)
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
         raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
                           "--data folder:PATH.")
+    recorded = membership.read(home)
+    root = _recorded_root(recorded, source, data_dir) if recorded else None
+    if root is not None:
+        return _recorded_split(recorded, root, meta, split)
     foreign = source is not None and not _same_source(source, own)
-    if data_dir is None and not foreign and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
+    if own and own.startswith("folder:") and not foreign and data_dir is not None:
+        source = f"folder:{data_dir}"  # the run's image folder, moved
+    elif data_dir is None and not foreign and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
         data_dir = config.data.data_dir
     whole = foreign and source.startswith("folder:")  # another plain <class>/ folder: all of it is test data
     dataset = load_dataset(source or own, data_dir,
                            fractions={"test": 1.0} if whole else config.data.fractions() if config else None,
                            seed=config.data.split_seed if config else 0)
-    if split is None:  # data with only train/ and val/ folders is scored on val
-        split = "test" if "test" in dataset.splits else "val"
-        if split == "val":
-            log.warning("%s has no test split: scoring the validation split, which also picked the run's best "
-                        "epoch (an optimistic figure; add a test/ folder for an unbiased one)", dataset.name)
+    split = split or _default_split(dataset.name, dataset.splits)
     if split == "val" and config is not None and not foreign:
         data = config.data
         chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)[1]
@@ -84,6 +88,42 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
         raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
     if len(chosen) == 0:
         raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
+    return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
+
+
+def _default_split(name: str, splits) -> str:
+    """test, or val for data with only train/ and val/ folders (with a warning: it is an optimistic figure)."""
+    if "test" in splits:
+        return "test"
+    log.warning("%s has no test split: scoring the validation split, which also picked the run's best epoch (an "
+                "optimistic figure; add a test/ folder for an unbiased one)", name)
+    return "val"
+
+
+def _recorded_root(recorded: dict, source: str | None, data_dir: str | Path | None) -> Path | None:
+    """Where the run's recorded files are now: `data_dir`, a `source` folder that holds them, or where they were
+    at training; None when `source` is other data."""
+    if source is not None:
+        path = Path(source.removeprefix("folder:")).expanduser()
+        if not source.startswith("folder:") or not path.is_dir() or not membership.holds(recorded, path):
+            return None
+        log.info("%s holds the run's own files: scoring the split the run recorded", path)
+        return path
+    root = Path(data_dir).expanduser() if data_dir is not None else Path(recorded["root"])
+    if not root.is_dir():
+        raise ImgclfError(f"the run's image folder {root} is not there (it was {recorded['root']} at training); "
+                          "pass --data-dir PATH with the folder's place now.")
+    return root
+
+
+def _recorded_split(recorded: dict, root: Path, meta: dict, split: str | None) -> EvalData:
+    """The split the run recorded, read from `root` and checked against the recorded hashes."""
+    name = f"folder:{root}"
+    split = split or _default_split(name, recorded["splits"])
+    if split not in recorded["splits"]:
+        raise ImgclfError(f"the run has no {split!r} split; it has {', '.join(recorded['splits'])}.")
+    chosen = membership.restore(recorded, split, root)
+    dataset = Dataset(name, recorded["classes"], {split: chosen})
     return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
 
 
@@ -130,11 +170,6 @@ def input_notes(split: Split, preprocess: Preprocess) -> list[str]:
     if (height, width) != tuple(preprocess.size):
         notes.append(f"images are {height}x{width}, the model takes {preprocess.size[0]}x{preprocess.size[1]}: resized")
     return notes
-
-
-def device_for(model: Classifier | ExportedModel, device: str) -> torch.device:
-    """The device to run on: 'auto' means the CPU for an exported model (onnxruntime and TorchScript run there)."""
-    return pick_device("cpu" if isinstance(model, ExportedModel) and device == "auto" else device)
 
 
 def timings(model: Classifier, x: torch.Tensor, runs: int) -> np.ndarray:

@@ -21,14 +21,16 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from imgclf.attacks import ATTACKS, pgd
-from imgclf.config import Config, load_config
+from imgclf.config import Config, absolute_paths, load_config
 from imgclf.data import (
+    FileSplit,
     Split,
     augment_preset,
     batches,
     default_preprocess,
     in_memory,
     load_dataset,
+    membership,
     train_val,
     with_extra,
 )
@@ -78,7 +80,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
         config = _resume_config(Path(resume), config)
     else:  # the recipe chosen from the data for model.name auto; random weights never frozen
         check_settings(config or Config())
-        plan = resolve(config or Config())
+        plan = resolve(absolute_paths(config or Config()))  # the run's files are found from anywhere
         config = plan.config
         for note in plan.notes:
             log.info("%s", note)
@@ -95,6 +97,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
             if group.main:
                 folder.mkdir(parents=True)
                 config.save(folder / "config.yaml")
+                trainer.save_membership()
             trainer.checkpoint()  # step 0: the run can be resumed (or inspected) whatever happens next
         return trainer.fit(started, max_steps)
     except RuntimeError as err:
@@ -131,9 +134,10 @@ def _resume_config(folder: Path, given: Config | None) -> Config:
     """The run's saved config; a given config may change only the settings in _RESUMABLE."""
     if not (folder / "config.yaml").is_file() or not (folder / "state.pt").is_file():
         raise ImgclfError(f"{folder} is not a resumable run directory (config.yaml and state.pt are missing).")
-    saved = load_config(folder / "config.yaml")
+    saved = absolute_paths(load_config(folder / "config.yaml"))
     if given is None:
         return saved
+    given = absolute_paths(given)
     old, new = saved.to_dict(), given.to_dict()
     changed = [f"{section}.{key}" for section in ("data", "model", "train") for key in old[section]
                if old[section][key] != new[section][key] and key not in _RESUMABLE.get(section, ())]
@@ -217,6 +221,8 @@ class Trainer:
                                     strict=data.strict)
         self.train_split, self.val_split = train_val(self.dataset, data.subset, data.val_fraction, data.split_seed,
                                                      data.folds, data.fold)
+        # the files of each split, before extra images join and before decoding into memory
+        self.files = {"train": self.train_split, "val": self.val_split, "test": self.dataset.splits.get("test")}
         if data.extra:
             self.train_split = with_extra(self.train_split, self.dataset.classes, Path(data.extra).expanduser())
         if self.val_split is None and (cfg.schedule == "plateau" or cfg.early_stop):
@@ -265,6 +271,12 @@ class Trainer:
         self.partial = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: list[dict] = []
         self.best: dict = {}
+
+    def save_membership(self) -> None:
+        """data.json: which files each split holds, to evaluate the run anywhere (image folders only)."""
+        if self.config.data.dataset.startswith("folder:") and isinstance(self.files["train"], FileSplit):
+            found = membership.record(Path(self.config.data.dataset[7:]), self.dataset.classes, self.files)
+            atomic_write(self.folder / membership.FILE, lambda tmp: tmp.write_text(json.dumps(found) + "\n"))
 
     def _start_from(self, run: str) -> None:
         """Fine-tuning: the weights of another run of the same model on the same classes."""
