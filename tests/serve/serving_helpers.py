@@ -1,4 +1,4 @@
-"""Helpers of the serving tests: a real uvicorn server in a thread, PNG bytes from arrays."""
+"""Helpers of the serving tests: a real uvicorn server in a thread, PNG bytes from arrays, tiny saved models."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 import uvicorn
 from PIL import Image
 
 from helpers import free_port
+from imgclf.data.transforms import Preprocess
+from imgclf.models import create_model
+from imgclf.rundir import save_model
 from imgclf.serve.app import ServeConfig, create_app
 
 
@@ -63,3 +68,12 @@ def wait_ready(url: str) -> None:
             pass  # not listening yet
         time.sleep(0.2)
     raise AssertionError(f"{url} did not become ready")
+
+
+def tiny_run(folder: Path, classes: list[str], channels: int, size: int) -> Path:
+    """An untrained two-layer CNN for channels x size x size inputs, saved as a run directory (in milliseconds)."""
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = create_model("cnn", len(classes), channels, size, layers=2)
+    save_model(folder, model, classes, Preprocess((size, size), channels, (0.5,) * channels, (0.25,) * channels))
+    return folder

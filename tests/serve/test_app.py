@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from serving_helpers import encode, serving, start_server, wait_ready
+from serving_helpers import encode, serving, start_server, tiny_run, wait_ready
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
@@ -67,6 +67,14 @@ def test_predictions_match_the_cli_in_every_request_shape(server, digits, mnist_
         assert client.get("/health/live").status_code == 200 and client.get("/health/ready").json() == {
             "status": "ready"}
         assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(("channels", "size", "page"), [(1, 28, "draw"), (1, 32, "draw"), (1, 64, "upload"),
+                                                         (3, 28, "upload")])
+def test_the_model_endpoint_names_the_page_that_fits_the_model(tmp_path, channels, size, page):
+    with serving(tiny_run(tmp_path, ["a", "b"], channels, size)) as url:
+        model = httpx.get(f"{url}/v1/model").json()
+    assert model["page"] == page and model["input"]["channels"] == channels
 
 
 def test_any_format_and_mode_is_read_like_thepng(server, digits):

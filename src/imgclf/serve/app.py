@@ -36,6 +36,7 @@ from imgclf.serve.feedback import FeedbackStore, StoreError
 log = logging.getLogger(__name__)
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
 LARGE = 1_000_000  # images with more pixels are decoded in a worker thread
+DRAWABLE = 32  # single-channel models up to this many pixels a side get the drawing pad (digit-like inputs)
 
 
 @dataclass
@@ -385,6 +386,12 @@ class Service:
                 201 if stored.new else 200)
 
 
+def page_of(preprocess: Preprocess) -> str:
+    """Which page suits the model: "draw" (a drawing pad, upload as a second tab) for small single-channel
+    inputs, "upload" (upload, drop or paste a photo) for any other."""
+    return "draw" if preprocess.channels == 1 and max(preprocess.size) <= DRAWABLE else "upload"
+
+
 def _light_background(image: torch.Tensor) -> bool:
     """Whether the border of a uint8 (C, H, W) image is mostly light (a dark digit on paper)."""
     border = torch.cat([image[..., 0, :], image[..., -1, :], image[..., :, 0], image[..., :, -1]], dim=-1)
@@ -508,7 +515,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         loaded = service.current
         return {"name": loaded.name, "version": loaded.version, "classes": loaded.classes,
                 "input": loaded.preprocess.to_dict(), "temperature": loaded.meta.get("temperature", 1.0),
-                "metrics": loaded.meta.get("metrics", {}), "invert": config.invert}
+                "metrics": loaded.meta.get("metrics", {}), "invert": config.invert,
+                "page": page_of(loaded.preprocess)}
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
