@@ -637,6 +637,9 @@ def _feedback_stats(args: argparse.Namespace) -> None:
     print("per label: " + (", ".join(f"{label}: {n}" for label, n in r["per_label"].items()) or "none"))
     print("most common corrections: " + (", ".join(f"{c['predicted']} -> {c['label']} ({c['count']})"
                                                    for c in r["confusions"]) or "none"))
+    if r["unscored"]:
+        print(f"not counted above: {r['unscored']} rows without a prediction (images sent with a correction to an "
+              "older server)")
     print("by model version: " + ", ".join(f"{v or 'unknown'}: {n}" for v, n in r["model_versions"].items()))
 
 
