@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from imgclf.cli import main
+from imgclf.cli import _text_table, main
 from imgclf.config import load_config
 from imgclf.errors import ImgclfError
 from imgclf.training import train
-from imgclf.tune import PAPER_SPACE, load_space, tune
+from imgclf.tune import PAPER_SPACE, load_space, model_space, tune, without_given
 
 BIN = Path(sys.executable).parent
 
@@ -165,3 +165,91 @@ def test_space_ranges_are_checked(tmp_path, mnist_dir):
         tune(config, {"train.lr": {"low": 0, "high": 0.1, "log": True}})
     with pytest.raises(ImgclfError, match=r"config key train\.optimizer must be str"):
         tune(config, {"train.optimizer": ["adam", 3.5]})
+
+
+def test_values_set_on_the_command_line_are_not_searched():
+    space = {"model.name": "cnn", "train.epochs": [10, 20], "train.lr": [0.01, 0.1], "model.options.layers": [5, 10],
+             "model.options.dropout": {"low": 0.0, "high": 0.5}}
+    kept, notes = without_given(space, {"train.epochs": 0.5, "model.name": "cnn", "model.options": {"layers": 2}})
+    # the same model.name: nothing to say
+    assert kept == {"train.lr": [0.01, 0.1], "model.options.dropout": {"low": 0.0, "high": 0.5}}
+    assert notes == ["the space's train.epochs is not used: you set train.epochs 0.5",
+                     "the space's model.options.layers is not used: you set model.options.layers 2"]
+    kept, notes = without_given(space, {"model.name": "resnet18"})  # the space's options are for its own model
+    assert kept == {"train.epochs": [10, 20], "train.lr": [0.01, 0.1]} and len(notes) == 3
+    with pytest.raises(ImgclfError, match=r"nothing left to search: .*\(train\.lr\)"):
+        without_given({"train.lr": [0.01, 0.1]}, {"train.lr": 0.05})
+
+
+def test_the_auto_space_fits_the_model_and_the_data(tmp_path, mnist_dir):
+    space = model_space(_config(tmp_path, mnist_dir, **{"train.lr": 0.01, "train.batch_size": 256}), 100)
+    assert space == {"train.lr": {"low": 0.001, "high": 0.03, "log": True},
+                     "train.weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+                     "train.batch_size": [16, 32, 64],  # 256 is more than the 100 training images
+                     "model.options.dropout": {"low": 0.0, "high": 0.5}}  # cnn has dropout, mnist-fast not
+    fast = model_space(_config(tmp_path, mnist_dir, **{"model.name": "mnist-fast"}))
+    assert "train.epochs" not in fast and "model.options.dropout" not in fast
+    with pytest.raises(ImgclfError, match=r"named space.*auto: .*paper: "):
+        load_space(tmp_path / "missing.yaml")
+
+
+def _table(out: str) -> list[str]:
+    """The summary table's lines, from its header to the line before the test accuracy."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("parameter"))
+    return lines[start:next(i for i, line in enumerate(lines) if line.startswith("test accuracy"))]
+
+
+def _columns_apart(lines: list[str]) -> bool:
+    """Every row has two spaces before each column the header starts."""
+    starts = [lines[0].index(name) for name in ("values tested", "best")]
+    return all(line[s - 2:s] == "  " and line[s] != " " for line in lines[1:] for s in starts)
+
+
+def test_the_summary_table_keeps_its_columns_apart():
+    rows = [["model.options.a_very_long_parameter_name", ", ".join(f"0.00{i}123456" for i in range(9)), "x" * 60],
+            ["train.lr", "0.001, 0.01", "0.01"]]
+    lines = _text_table(["parameter", "values tested", "best"], rows)
+    assert _columns_apart(lines) and all(len(cell) <= 48 for cell in lines[1].split("  ") if cell)
+    assert lines[1].split()[-1] == "x" * 46 + ".." and lines[2].split() == ["train.lr", "0.001,", "0.01", "0.01"]
+
+
+@pytest.fixture
+def photos(tmp_path, write_image) -> Path:
+    """A plain folder of 3 classes of 12 small RGB images (28 for training, 80/10/10)."""
+    for k, label in enumerate(("red", "green", "blue")):
+        for i in range(12):
+            write_image(tmp_path / "photos" / label / f"{i}.png", size=(16, 16), seed=100 * k + i)
+    return tmp_path / "photos"
+
+
+def _tune_cli(photos: Path, *options: str) -> int:
+    return main(["tune", "--dataset", f"folder:{photos}", "--model", "cnn", "--model.options", "{layers: 2, width: 8}",
+                 "--data.num_workers", "0", "--pruner", "none", "--out", str(photos.parent), "-q", *options])
+
+
+def test_cli_tune_keeps_the_epochs_and_options_given(photos, capsys):
+    (photos.parent / "space.yaml").write_text("train.epochs: [4, 5]\ntrain.lr: [0.01, 0.02]\n"
+                                              "model.options.layers: [3, 4]\n")
+    assert _tune_cli(photos, "--train.batch_size", "8", "--epochs", "0.3", "--space", str(photos.parent / "space.yaml"),
+                     "--sampler", "grid", "--study", "kept") == 0
+    out = capsys.readouterr().out
+    assert "note: the space's train.epochs is not used: you set train.epochs 0.3" in out
+    assert "note: the space's model.options.layers is not used: you set model.options.layers 2" in out
+    runs = sorted((photos.parent / "kept").glob("trial-*"))
+    configs = [load_config(run / "config.yaml") for run in runs]
+    assert len(runs) == 2 and {c.train.lr for c in configs} == {0.01, 0.02}
+    assert all(c.train.epochs == 0.3 and c.model.options == {"layers": 2, "width": 8} for c in configs)
+    assert _columns_apart(_table(out))
+
+
+def test_cli_tune_without_a_space_searches_around_the_model_on_the_users_data(photos, capsys):
+    assert _tune_cli(photos, "--epochs", "0.5", "--trials", "2", "--sampler", "random", "--seed", "0") == 0
+    out = capsys.readouterr().out
+    assert "(auto space, cnn)" in out
+    rows = list(csv.DictReader((photos.parent / "tune-cnn" / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["complete", "complete"]
+    assert {"train.lr", "train.weight_decay", "train.batch_size", "model.options.dropout"} <= set(rows[0])
+    assert "train.epochs" not in rows[0] and all(int(r["train.batch_size"]) <= 16 for r in rows)  # 28 train images
+    assert all(load_config(Path(r["run"]) / "config.yaml").train.epochs == 0.5 for r in rows)
+    assert _columns_apart(_table(out))

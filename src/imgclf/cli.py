@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Search a space of config values; every trial is a run directory selected on validation. "
                     "Takes the same options as train for the base config.")
     _config_options(tune, ("dataset", "model", "data-dir", "epochs", "device", "out"))
-    tune.add_argument("--space", default="paper", help="'paper' (Table III) or a YAML file of key: choices/ranges")
+    tune.add_argument("--space", default="auto", help="auto (the default: lr, weight decay, batch size and dropout "
+                                                       "around the model's settings), paper (Table III, for MNIST) "
+                                                       "or a YAML file of key: choices/ranges")
     tune.add_argument("--sampler", default="tpe", help="grid, random or tpe (default tpe)")
     tune.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
     tune.add_argument("--trials", type=_positive, help="trials in total (default: the grid's size, else 20)")
@@ -460,6 +462,24 @@ def _train(args: argparse.Namespace) -> None:
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
 
 
+def _spec(spec: list | dict) -> str:
+    """A searched key's choices or range, short: '32|64' or '0.001-0.1 log'."""
+    if isinstance(spec, list):
+        return "|".join(map(_short, spec))
+    return f"{_short(spec['low'])}-{_short(spec['high'])}" + (" log" if spec.get("log") else "")
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _text_table(headers: list[str], rows: list[list[str]], widest: int = 48) -> list[str]:
+    """Left-aligned columns two spaces apart, each as wide as its longest cell; longer cells end in '..'."""
+    cells = [[c if len(c) <= widest else c[:widest - 2] + ".." for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     return int(os.environ.get("RANK", "0"))
@@ -467,22 +487,27 @@ def _rank() -> int:
 
 def _tune(args: argparse.Namespace) -> None:
     from imgclf.training import parse_duration
-    from imgclf.tune import load_space, tune
+    from imgclf.tune import SPACES, load_space, model_space, tune, without_given
 
     overrides = {k: v for k, v in _overrides(args).items() if k != "train.time"}  # --time: the search budget
-    result = tune(_resolved(args, overrides)[0], load_space(args.space), sampler=args.sampler,
-                  pruner=args.pruner, trials=args.trials, timeout=parse_duration(args.time) if args.time else None,
-                  storage=args.storage, study=args.study, seed=args.seed, progress=False)
+    config, plan = _resolved(args, overrides)
+    space = model_space(config, plan.train_images) if args.space == "auto" else load_space(args.space)
+    space, notes = without_given(space, overrides)
+    for note in notes:
+        print(f"note: {note}")
+    searched = ", ".join(f"{key} {_spec(spec)}" for key, spec in space.items() if isinstance(spec, list | dict))
+    print(f"searching {searched}" + (f" ({args.space} space, {config.model.name})" if args.space in SPACES else ""),
+          flush=True)
+    result = tune(config, space, sampler=args.sampler, pruner=args.pruner, trials=args.trials,
+                  timeout=parse_duration(args.time) if args.time else None, storage=args.storage, study=args.study,
+                  seed=args.seed, progress=False)
     best = result["best"]
     print(f"{result['trials']} trials ({result['pruned']} pruned, {result['failed']} failed), "
           f"{result['train_seconds']:.0f} s of training; "
           f"best {best['metric']} {best['value']:.4f} (trial {best['trial']}, {best['run']})")
-    width = max(len("parameter"), *(len(row["parameter"]) for row in result["table"]))
-    print(f"{'parameter':<{width}}  {'values tested':<40}best")
-    for row in result["table"]:
-        values = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row["values tested"])
-        chosen = f"{row['best']:.4g}" if isinstance(row["best"], float) else row["best"]
-        print(f"{row['parameter']:<{width}}  {values[:38] + ('..' if len(values) > 38 else ''):<40}{chosen}")
+    rows = [[row["parameter"], ", ".join(map(_short, row["values tested"])), _short(row["best"])]
+            for row in result["table"]]
+    print("\n".join(_text_table(["parameter", "values tested", "best"], rows)))
     test = result["test"]
     if test is None:
         print(f"the best trial's run {best['run']} is on another machine: score it there with imgclf evaluate")
@@ -626,6 +651,9 @@ def _feedback_stats(args: argparse.Namespace) -> None:
     print("per label: " + (", ".join(f"{label}: {n}" for label, n in r["per_label"].items()) or "none"))
     print("most common corrections: " + (", ".join(f"{c['predicted']} -> {c['label']} ({c['count']})"
                                                    for c in r["confusions"]) or "none"))
+    if r["unscored"]:
+        print(f"not counted above: {r['unscored']} rows without a prediction (images sent with a correction to an "
+              "older server)")
     print("by model version: " + ", ".join(f"{v or 'unknown'}: {n}" for v, n in r["model_versions"].items()))
 
 

@@ -28,20 +28,27 @@ log = logging.getLogger(__name__)
 PAPER_SPACE = {"model.name": "cnn", "train.optimizer": "adam", "train.schedule": "constant",
                "train.lr": [0.001, 0.01, 0.1], "train.batch_size": [32, 64, 128], "train.epochs": [10, 20, 30],
                "model.options.layers": [5, 10, 15], "model.options.kernel": [3, 5, 7]}
+SPACES = {"auto": "learning rate, weight decay and batch size around the config's, and dropout where the model has "
+                  "it (the default)",
+          "paper": "the seed paper's Table III for MNIST: the cnn model, epochs 10-30, layers, kernel, lr, batch"}
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "hyperband", "none")
 
 
 def load_space(source: str | Path) -> dict:
     """A search space: 'paper', or a YAML file of {dotted config key: spec}. A spec is a list (choices),
-    {low, high[, log][, step]} (a range: int if low and high are ints, else float), or a fixed value."""
+    {low, high[, log][, step]} (a range: int if low and high are ints, else float), or a fixed value.
+    The 'auto' space depends on the config: model_space makes it."""
+    if str(source) == "auto":
+        raise ImgclfError("the auto search space is derived from a config: use model_space(config).")
     if str(source) == "paper":
         return dict(PAPER_SPACE)
+    named = "; ".join(f"{name}: {about}" for name, about in SPACES.items())
     try:
         space = yaml.safe_load(Path(source).read_text())
     except OSError as err:
-        raise ImgclfError(f"cannot read search space {source}: {err.strerror or err}; pass a YAML file or "
-                          "--space paper.") from err
+        raise ImgclfError(f"cannot read search space {source}: {err.strerror or err}; pass a YAML file of "
+                          f"key: choices/ranges, or a named space ({named}).") from err
     except yaml.YAMLError as err:
         raise ImgclfError(f"search space {source} is not valid YAML: {err}") from err
     if not isinstance(space, dict) or not space:
@@ -54,6 +61,59 @@ def load_space(source: str | Path) -> dict:
             raise ImgclfError(f"search space key {key}: a range needs low < high (and optionally log, step), "
                               f"got {spec}.")
     return space
+
+
+def model_space(config: Config, train_images: int | None = None) -> dict:
+    """The 'auto' space: around `config`, for its model. The learning rate from a tenth to three times its own,
+    weight decay 1e-5 to 1e-2, the batch size (at most the largest power of two the `train_images` fill) or a
+    half or a quarter of it, and dropout 0-0.5 where the model has that option. Never epochs: the config's stay."""
+    from imgclf.models import model_options
+
+    lr, batch = config.train.lr, config.train.batch_size
+    if train_images:
+        batch = min(batch, 2 ** int(math.log2(train_images)))
+    space = {"train.lr": {"low": lr / 10, "high": lr * 3, "log": True},
+             "train.weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+             "train.batch_size": sorted({max(1, batch // 4), max(1, batch // 2), batch})}
+    if "dropout" in model_options(config.model.name):
+        space["model.options.dropout"] = {"low": 0.0, "high": 0.5}
+    return space
+
+
+def without_given(space: dict, given: dict[str, object]) -> tuple[dict, list[str]]:
+    """`space` less every key the user set in `given` ({dotted key: value}, e.g. the command line's): their values
+    win. Also drops the space's model options when it names another model than the user's. Returns the space
+    and a note for each key dropped whose value the space would have changed."""
+    mine = _leaves(given)
+    theirs = space.get("model.name")
+    other_model = isinstance(theirs, str) and mine.get("model.name", theirs) != theirs
+    kept, notes = {}, []
+    for key, spec in space.items():
+        clash = {k: v for k, v in mine.items() if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")}
+        if other_model and key.startswith("model.options"):
+            notes.append(f"the space's {key} is not used: it is an option of {theirs}, and you chose "
+                         f"{mine['model.name']}")
+        elif not clash:
+            kept[key] = spec
+        elif isinstance(spec, list | dict) or clash != {key: spec}:
+            notes.append(f"the space's {key} is not used: you set {', '.join(f'{k} {v}' for k, v in clash.items())}")
+    if _searched(space) and not _searched(kept):
+        raise ImgclfError(f"nothing left to search: you set every key the space searches "
+                          f"({', '.join(_searched(space))}); remove those options or pass another --space.")
+    return kept, notes
+
+
+def _searched(space: dict) -> list[str]:
+    return [key for key, spec in space.items() if isinstance(spec, list | dict)]
+
+
+def _leaves(values: dict[str, object]) -> dict[str, object]:
+    """{'model.options': {'layers': 2}} -> {'model.options.layers': 2}."""
+    leaves: dict[str, object] = {}
+    for key, value in values.items():
+        leaves.update(_leaves({f"{key}.{k}": v for k, v in value.items()}) if isinstance(value, dict) and value
+                      else {key: value})
+    return leaves
 
 
 def _number(value: object) -> float:
@@ -92,7 +152,7 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
                           f"{', '.join(PRUNERS)}; got {sampler} and {pruner}.")
     if not config.data.val_fraction and config.data.folds is None:
         raise ImgclfError("tuning selects on the validation split; set data.val_fraction above 0 (e.g. 0.1).")
-    searched = {k: v for k, v in space.items() if isinstance(v, list | dict)}
+    searched = {k: space[k] for k in _searched(space)}
     fixed = {k: v for k, v in space.items() if k not in searched}
     folder = Path(config.out) / (study or config.name or f"tune-{fixed.get('model.name', config.model.name)}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import time
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -154,7 +155,7 @@ def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
                                                   "idempotency_key": "abc"})
         assert again.status_code == 200 and again.json()["feedback_id"] == stored.json()["feedback_id"]
         direct = client.post("/v1/feedback", json={"image": base64.b64encode(png).decode(), "label": "7"})
-        assert direct.status_code == 201 and direct.json()["predicted"] is None
+        assert direct.status_code == 201 and direct.json()["predicted"] == "7"  # scored by the served model
         reused = client.post("/v1/feedback", json={"prediction_id": prediction["prediction_id"], "label": "2",
                                                    "idempotency_key": "abc"})
         assert reused.status_code == 409 and "already used for the label '1'" in reused.json()["error"]
@@ -182,7 +183,7 @@ def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
     store.close()
     assert stats(tmp_path / "f.db") == {"feedback": 3, "per_label": {"1": 2, "7": 1}, "confirmed": 1,
                                         "confusions": [{"predicted": "7", "label": "1", "count": 2}],
-                                        "model_versions": {"v1": 2, "v2": 1}}
+                                        "unscored": 0, "model_versions": {"v1": 2, "v2": 1}}
     assert main(["feedback", "export", str(tmp_path / "f.db"), "--out", str(tmp_path / "folder")]) == 0
     assert sorted(p.relative_to(tmp_path / "folder").as_posix() for p in (tmp_path / "folder").rglob("*.png")) == [
         "1/1.png", "1/2.png", "7/3.png"]
@@ -196,6 +197,33 @@ def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
     (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 100)
     assert main(["feedback", "stats", str(tmp_path / "junk.db")]) == 1
     assert "as an imgclf feedback database" in capsys.readouterr().err
+
+
+def test_corrections_sent_with_an_image_count_with_what_the_served_model_said(mnist_run, digits, tmp_path, capsys):
+    _, paths = digits
+    said = [top[0][0] for top in predict_files(mnist_run, paths[:3])]
+    sent = [(0, str((int(said[0]) + 1) % 10)), (0, str((int(said[0]) + 1) % 10)), (1, str((int(said[1]) + 3) % 10)),
+            (2, said[2])]  # two corrections of one image, one of another, one that agrees with the model
+    db = tmp_path / "f.db"
+    with serving(mnist_run, feedback_db=str(db)) as url, httpx.Client(base_url=url) as client:
+        for i, label in sent:
+            response = client.post("/v1/feedback", json={"image": base64.b64encode(paths[i].read_bytes()).decode(),
+                                                         "label": label})
+            assert response.status_code == 201 and response.json()["predicted"] == said[i]
+    pairs = Counter((said[i], label) for i, label in sent if label != said[i])
+    numbers = stats(db)
+    assert numbers["confusions"] == [{"predicted": p, "label": t, "count": n} for (p, t), n in
+                                     sorted(pairs.items(), key=lambda item: (-item[1], item[0]))]
+    assert numbers["confirmed"] == 1 and numbers["unscored"] == 0
+    assert main(["feedback", "stats", str(db)]) == 0
+    (p, t), n = pairs.most_common(1)[0]
+    out = capsys.readouterr().out
+    assert f"most common corrections: {p} -> {t} ({n})" in out and "not counted above" not in out
+    store = FeedbackStore(db)  # a row an older server stored without scoring its image
+    store.add("3", paths[3].read_bytes())
+    store.close()
+    assert main(["feedback", "stats", str(db)]) == 0
+    assert "not counted above: 1 rows without a prediction" in capsys.readouterr().out
 
 
 def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digits, mnist_run):

@@ -53,6 +53,12 @@ def model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
+def model_options(name: str) -> dict[str, object]:
+    """The options a registered model takes (its `model.options`), with their defaults."""
+    parameters = inspect.signature(model_entry(name).build).parameters.items()
+    return {n: p.default for n, p in parameters if p.kind is not p.VAR_KEYWORD and n not in _COMMON}
+
+
 def create_model(name: str, num_classes: int = 10, in_channels: int | None = None, image_size: int | None = None,
                  *, pretrained: bool = False, weights: str | Path | None = None, freeze: str | int = "none",
                  **kwargs) -> Classifier:
@@ -65,8 +71,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int | None = Non
     if pretrained and not entry.pretrained:
         raise ImgclfError(f"{name} has no pretrained weights; train it from scratch (pretrained=False), or start "
                           "its body from an imgclf run of it (weights=RUN/model.safetensors).")
-    options = [n for n, p in inspect.signature(entry.build).parameters.items()
-               if p.kind is not p.VAR_KEYWORD and n not in _COMMON]
+    options = list(model_options(name))
     unknown = sorted(str(k) for k in set(kwargs) - set(options))
     if unknown:
         raise ImgclfError(f"{name} has no option {', '.join(unknown)}; "

@@ -197,7 +197,7 @@ class Loaded:
 
 @dataclass
 class Remembered:
-    """What a prediction id refers to, for feedback that names it."""
+    """An image the model scored: what a prediction id refers to, or an image sent with its correction."""
 
     image: bytes
     predicted: str
@@ -292,19 +292,23 @@ class Service:
         """Whether --invert applies to this uint8 (C, H, W) image."""
         return self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
 
-    async def predict(self, data: bytes, started: float) -> dict:
-        """One image's answer; `started` (time.monotonic()) is when the request arrived: the deadline counts
-        from there."""
-        loaded = self.current
+    async def classify(self, data: bytes, loaded: Loaded, started: float) -> tuple[list[float], bool]:
+        """One image's class probabilities under `loaded`, through the batcher, and whether it was inverted;
+        `started` (time.monotonic()) is when the request arrived: the deadline counts from there."""
         x, inverted = await self.prepare(data, loaded)
         self.queue_depth.set(self.batcher.depth())
         left = self.config.deadline_ms / 1000 - (time.monotonic() - started)
         try:
-            probs = await asyncio.wait_for(self.batcher.submit((x, loaded)), max(left, 0.001))
+            return await asyncio.wait_for(self.batcher.submit((x, loaded)), max(left, 0.001)), inverted
         except Overloaded:
             raise ApiError(503, "the server is busy; retry in a second.") from None
         except TimeoutError:
             raise ApiError(504, f"no answer within {self.config.deadline_ms:.0f} ms; retry later.") from None
+
+    async def predict(self, data: bytes, started: float) -> dict:
+        """One image's answer; `started` (time.monotonic()) is when the request arrived."""
+        loaded = self.current
+        probs, inverted = await self.classify(data, loaded, started)
         best = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:self.config.top_k]
         top = [{"label": loaded.classes[i], "probability": probs[i]} for i in best]
         prediction_id = uuid.uuid4().hex
@@ -364,10 +368,11 @@ class Service:
             if entry is None:
                 raise ApiError(422, f"unknown prediction_id {prediction_id!r} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
-        elif body.get("image") is not None:
+        elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
             image = _base64(body["image"])
-            pixels = pixels_of(open_image(image, self.config.max_pixels))  # only images are stored
-            entry = Remembered(image, None, loaded.version, self._inverts(pixels))
+            probs, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
+            entry = Remembered(image, loaded.classes[max(range(len(probs)), key=probs.__getitem__)], loaded.version,
+                               inverted)
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
         try:

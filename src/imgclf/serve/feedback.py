@@ -192,7 +192,8 @@ def _reading(target: str | Path) -> Iterator[Connection]:
 
 
 def stats(path: str | Path) -> dict:
-    """Counts, corrections per label and the most common (predicted -> corrected) pairs of a feedback database."""
+    """Counts, corrections per label and the most common (predicted -> corrected) pairs of a feedback database;
+    `unscored` rows have no prediction (images sent with a correction to servers before imgclf scored them)."""
     with _reading(path) as db:
         def query(sql: str) -> list:
             return [tuple(row) for row in db.execute(text(sql))]
@@ -203,9 +204,10 @@ def stats(path: str | Path) -> dict:
             "SELECT predicted, label, COUNT(*) AS n FROM feedback WHERE predicted IS NOT NULL AND predicted != label "
             "GROUP BY predicted, label ORDER BY n DESC, predicted, label LIMIT 10")]
         agreed = query("SELECT COUNT(*) FROM feedback WHERE predicted = label")[0][0]
+        unscored = query("SELECT COUNT(*) FROM feedback WHERE predicted IS NULL")[0][0]
         versions = dict(query("SELECT model_version, COUNT(*) FROM feedback GROUP BY model_version"))
     return {"feedback": total, "per_label": per_label, "confirmed": agreed, "confusions": confusions,
-            "model_versions": versions}
+            "unscored": unscored, "model_versions": versions}
 
 
 def export(path: str | Path, out: str | Path) -> int:

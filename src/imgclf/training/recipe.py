@@ -30,6 +30,7 @@ class Plan:
     config: Config
     notes: list[str] = field(default_factory=list)  # what was chosen automatically or changed, and why
     facts: dict[str, str] = field(default_factory=dict)  # model, input, classes, splits, ... for the summary
+    train_images: int | None = None  # the training split's size, where the data was read to choose
 
     def lines(self) -> list[str]:
         """The plan as short lines for a terminal."""
@@ -65,7 +66,7 @@ def resolve(config: Config, given: set[str] | None = None, *, summary: bool = Fa
             config = with_overrides(config, {k: v for k, v in choice.items() if k not in kept})
             notes.append(why + (f"; kept your {', '.join(kept)}" if kept else ""))
     config, fixed = _no_random_freeze(config)
-    plan = Plan(config, notes + fixed)
+    plan = Plan(config, notes + fixed, train_images=None if train is None else len(train))
     if summary:
         plan.facts = _facts(config, dataset, info, train, val)
     return plan
