@@ -57,7 +57,8 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     config = run_config(folder) or run_config(Path(meta.get("source", {}).get("run", folder)))
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
-        raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
+        raise ImgclfError(f"{folder} does not say which dataset it was trained on; add \"dataset\": \"NAME\" (or "
+                          "\"folder:PATH\") to its model.json, or score it with imgclf evaluate --dataset NAME or "
                           "--data folder:PATH.")
     foreign = source is not None and not _same_source(source, own)
     if data_dir is None and not foreign and config and config.data.data_dir and Path(config.data.data_dir).is_dir():
@@ -83,7 +84,8 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     else:
         raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
     if len(chosen) == 0:
-        raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
+        raise ImgclfError(f"the {split} split of {dataset.name} is empty; give it images, or score another "
+                          "split with imgclf evaluate --split.")
     return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
 
 
