@@ -12,11 +12,13 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from imgclf.cli import main
+from imgclf.data import Preprocess
 from imgclf.errors import ImgclfError
-from imgclf.explain import attribute, explain_files
+from imgclf.explain import attribute, default_layer, explain_files
 from imgclf.export import export_run
 from imgclf.models import create_model
-from imgclf.rundir import load_model, preprocess_of
+from imgclf.models.summary import collapsed_note, map_sides
+from imgclf.rundir import load_model, preprocess_of, save_model
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,38 @@ def test_cli_explain(mnist_run, tmp_path, write_image, capsys):
     assert "photo.jpg:" in out and "photo.gradcam.png" in out and "explanations.png" in out
     assert main(["explain", str(mnist_run), str(tmp_path / "missing.png"), "--out", str(tmp_path)]) == 1
     assert "there is no image" in capsys.readouterr().err
+
+
+def test_gradcam_defaults_to_the_last_layer_with_maps_of_at_least_4x4():
+    """resnet18 at 32 px: layer4 sees 1x1 maps, where Grad-CAM is one flat value; the default moves earlier."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, 3, 32).eval()  # no weights: offline
+    sides = {name: side for name, side, _ in map_sides(model)}
+    layer = default_layer(model)
+    assert sides[model.target_layer] == 1 and sides[layer] >= 4
+    assert not any(side >= 4 for name, side in list(sides.items())[list(sides).index(layer) + 1:]
+                   if name.startswith("body.layer"))  # the last such stage
+    x, target = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    assert float(attribute(model, x, target, "gradcam", model.target_layer).std()) < 1e-6  # the flat map of before
+    assert float(attribute(model, x, target, "gradcam").flatten(1).std(dim=1).min()) > 0.05
+    assert default_layer(create_model("mnist-fast", 10, 1, 28)) == "body.act2"  # a small CNN keeps its own
+
+
+def _saved(folder, name: str, size: int):
+    folder.mkdir()
+    model = create_model(name, 2, 3, size)
+    save_model(folder, model, ["a", "b"], Preprocess((size, size), 3, (0.5,) * 3, (0.25,) * 3))
+    return folder
+
+
+@pytest.mark.parametrize(("name", "size", "warned"), [("resnet18", 32, True), ("photo-fast", 32, False)])
+def test_explain_warns_when_the_last_stages_see_1x1_maps(tmp_path, write_image, caplog, name, size, warned):
+    run = _saved(tmp_path / "run", name, size)
+    explain_files(run, [write_image(tmp_path / "a.png")], out=tmp_path / "out")
+    flat = [r.message for r in caplog.records if r.levelname == "WARNING" and "1x1 feature maps" in r.message]
+    assert len(flat) == warned
+    if warned:
+        assert flat[0].startswith("resnet18 at 32x32 px") and "body.layer4.0.conv1" in flat[0]
+        assert "image size of at least 128" in flat[0]
+    assert collapsed_note(create_model("mnist-best", 10, 1, 28)) is None  # a small CNN's global pool is no stage
+    assert collapsed_note(create_model("resnet18", 2, 3, 224)) is None  # layer4 sees 7x7 at its own size

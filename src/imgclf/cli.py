@@ -198,6 +198,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help=_MOVED)
     bench.add_argument("--runs", type=_positive, default=100, help="timed single-image passes (default 100)")
     bench.add_argument("--batch", type=_positive, default=256, help="batch size for throughput (default 256)")
+    bench.add_argument("--tolerance", type=float, default=1e-4,
+                       help="largest probability difference of an export to PyTorch accepted (default 1e-4)")
+    bench.add_argument("--max-drop", type=float, default=0.01, metavar="FRACTION",
+                       help="largest test accuracy int8 may lose against fp32 (default 0.01, one point)")
     bench.set_defaults(run=_benchmark)
 
     explain = commands.add_parser("explain", parents=[logs], help="Grad-CAM, saliency or integrated gradients "
@@ -710,16 +714,28 @@ def _export(args: argparse.Namespace) -> None:
 def _benchmark(args: argparse.Namespace) -> None:
     from imgclf.benchmark import benchmark_formats
 
-    result = benchmark_formats(args.run_dir, data_dir=args.data_dir, runs=args.runs, batch=args.batch)
+    result = benchmark_formats(args.run_dir, data_dir=args.data_dir, runs=args.runs, batch=args.batch,
+                               tolerance=args.tolerance, max_drop=args.max_drop)
+    beaten = "" if result["peak_from"] == "matmul" else (
+        f" ({result['peak_from']} ran faster, {result['peak_gflops']:,.1f} GFLOP/s: that is the peak here)")
     print(f"{result['model']} from {result['run']}: {result['flops_per_image'] / 1e6:,.2f} MFLOPs per image; "
-          f"{result['images']:,} test images; {result['threads']} threads; measured matmul peak "
-          f"{result['peak_gflops']:,.1f} GFLOP/s")
+          f"{result['images']:,} test images; {result['threads']} threads; measured float32 matmul peak "
+          f"{result['matmul_gflops']:,.1f} GFLOP/s{beaten}")
     throughput = f"img/s @{result['batch']}"
     print(f"{'format':<24}{'MiB':>8}{'accuracy':>10}{'p50 ms':>9}{'p99 ms':>9}{throughput:>12}{'vs eager':>10}"
           f"{'of peak':>9}")
     for r in result["rows"]:
+        if r["failed"]:
+            print(f"{r['format']:<24}FAILED: {r['failed']}")
+            continue
+        share = "n/a" if r["peak_fraction"] is None else f"{r['peak_fraction']:.1%}"
         print(f"{r['format']:<24}{r['file_mb']:>8.3f}{r['accuracy']:>10.4f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
-              f"{r['images_per_second']:>12,.0f}{r['speedup']:>9.2f}x{r['peak_fraction']:>9.1%}")
+              f"{r['images_per_second']:>12,.0f}{r['speedup']:>9.2f}x{share:>9}")
+    print("of peak: FLOPs per image (2 per multiply-add, as the matmul is counted) x img/s over that peak; "
+          "int8 runs integer arithmetic, whose peak is another, so it has none")
+    if result["failed"]:
+        raise ImgclfError(f"{len(result['failed'])} of {len(result['rows'])} formats failed "
+                          f"({', '.join(result['failed'])}); the reasons are in the table above.")
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from imgclf.data.transforms import read_image
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
 from imgclf.models.base import Classifier
+from imgclf.models.summary import collapsed_note, map_sides
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import is_export, open_model
 
@@ -28,9 +29,23 @@ def _captum():
     return captum.attr
 
 
+def default_layer(model: Classifier, min_side: int = 4) -> str:
+    """The model's Grad-CAM target layer when its map is at least min_side x min_side at the model's input size,
+    else the last module before it whose map is (at a tiny input: the last with the largest map)."""
+    sides = map_sides(model)  # one pass on a zero image
+    names = [name for name, _, _ in sides]
+    upto = sides[: len(names) - names[::-1].index(model.target_layer)] if model.target_layer in names else sides
+    need = min(min_side, max(side for _, side, _ in upto))
+    chosen = [name for name, side, _ in upto if side >= need][-1]
+    if chosen != model.target_layer:
+        log.info("Grad-CAM on %s: %s has smaller maps than %dx%d at this input size", chosen, model.target_layer,
+                 min_side, min_side)
+    return chosen
+
+
 def layer_of(model: Classifier, name: str | None = None) -> torch.nn.Module:
-    """The named module (default: the model's Grad-CAM target layer), with close names in the error."""
-    name = name or model.target_layer
+    """The named module (default: default_layer), with close names in the error."""
+    name = name or default_layer(model)
     modules = dict(model.named_modules())
     if name not in modules:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
@@ -78,12 +93,16 @@ def explain_files(run: str | Path, paths: list[Path], methods: tuple[str, ...] =
     if layer is not None and "gradcam" not in methods:
         raise ImgclfError("--layer picks the Grad-CAM layer; add gradcam to the methods or leave --layer out.")
     model, meta = open_model(run)
+    if note := collapsed_note(model):
+        log.warning("%s %s", meta["architecture"]["name"], note)
     classes, pre = meta["classes"], preprocess_of(meta)
     if target is not None and target not in classes:
         raise ImgclfError(f"--target {target!r} is not one of the model's classes ({', '.join(classes)}).")
     images = [pre.prepare(read_image(path)) for path in paths]  # uint8 (C, H, W) at the model's size
     x = pre(torch.stack(images))
-    layer_of(model, layer)  # an unknown layer fails before any work
+    if "gradcam" in methods:
+        layer = layer or default_layer(model)
+        layer_of(model, layer)  # an unknown layer fails before any work
     with torch.no_grad():
         probs = torch.softmax(model(x).float() / meta.get("temperature", 1.0), dim=1)
     predicted = probs.argmax(dim=1)

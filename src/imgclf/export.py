@@ -34,6 +34,14 @@ QUANTIZE = ("int8", "int8-dynamic")  # static (calibrated on training images) or
 MIN_OPSET = 18  # the oldest opset torch's ONNX exporter writes
 
 
+class ExportFailed(ImgclfError):
+    """An export that could not be made or kept: `reason` says why, the message adds what to do about it."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
+
+
 class Deployable(nn.Module):
     """The classifier as shipped: (B, C, H, W) -> logits, normalizing inside when `normalize` (then the
     input is the image scaled to [0, 1], which is all a consumer has to do besides resizing)."""
@@ -80,8 +88,8 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             except ImgclfError:
                 raise
             except Exception as err:  # onnxruntime's quantizer raises plain exceptions
-                raise ImgclfError(f"int8 quantization failed: {first_line(err)}; export without --quantize, "
-                                  "or try --quantize int8-dynamic.") from err
+                raise ExportFailed(f"int8 quantization failed: {first_line(err)}",
+                                   "export without --quantize, or try --quantize int8-dynamic.") from err
             report["int8"] = _int8_report(fp32, quantized, test.split, test.targets, shipped, max_drop)
             fp32 = quantized
         atomic_write(path, lambda tmp: tmp.write_bytes(fp32.read_bytes()))
@@ -144,9 +152,9 @@ def _parity(reference: nn.Module, exported: ExportedModel, images: torch.Tensor,
     log.info("parity on %d test images: max |p - p_torch| %.2e, top-1 agreement %.4f", len(images),
              result["max_abs_diff"], result["top1_agreement"])
     if result["max_abs_diff"] > tolerance:
-        raise ImgclfError(f"the export disagrees with PyTorch: probabilities differ by up to "
-                          f"{result['max_abs_diff']:.2e} (tolerance {tolerance:g}) on {len(images)} test images; "
-                          "nothing was written.")
+        raise ExportFailed(f"the export disagrees with PyTorch: probabilities differ by up to "
+                           f"{result['max_abs_diff']:.2e} (tolerance {tolerance:g}) on {len(images)} test images",
+                           "nothing was written.")
     return result
 
 
@@ -196,8 +204,9 @@ def _int8_report(fp32: Path, int8: Path, split: Split, targets: np.ndarray, prep
     log.info("int8: test accuracy %.4f -> %.4f, %.2f MiB -> %.2f MiB", result["fp32"]["accuracy"],
              result["int8"]["accuracy"], result["fp32"]["mb"], result["int8"]["mb"])
     if -result["accuracy_change"] > max_drop:
-        raise ImgclfError(f"int8 quantization lost {-result['accuracy_change']:.2%} test accuracy (more than "
-                          f"{max_drop:.2%}); nothing was written. Try --quantize int8-dynamic, or keep fp32.")
+        raise ExportFailed(f"int8 quantization changed test accuracy by {result['accuracy_change'] * 100:+.2f} "
+                           f"points (the least accepted: {-max_drop * 100:+.2f})",
+                           "nothing was written. Try --quantize int8-dynamic, or keep fp32.")
     return result
 
 

@@ -4,6 +4,7 @@ torchvision state dict, fine-tunes on the real hymenoptera photos through --mode
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -88,3 +89,15 @@ def test_weights_that_do_not_fit_stop_the_run_before_it_starts(tmp_path, capsys)
                    "--out", str(tmp_path / "runs"), "-q"])
     assert status == 1 and not (tmp_path / "runs").exists()
     assert "missing: bn1.bias" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "warned"), [("resnet18", True), ("mnist-fast", False)])
+def test_train_warns_once_when_a_backbones_last_stages_see_1x1_maps(tmp_path, image_folder, caplog, name, warned):
+    config = load_config(None, {"out": str(tmp_path / "runs"), "name": "r", "data.dataset": f"folder:{image_folder}",
+                                "data.num_workers": 0, "data.image_size": 32 if warned else 28, "model.name": name,
+                                "train.epochs": 0.5, "train.batch_size": 8})
+    train(config, progress=False)
+    flat = [r.message for r in caplog.records if r.levelname == "WARNING" and "1x1 feature maps" in r.message]
+    assert len(flat) == warned  # once per run
+    if warned:
+        assert flat[0].startswith("resnet18 at 32x32 px") and "(from body.layer4.0.conv1 on)" in flat[0]

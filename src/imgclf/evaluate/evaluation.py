@@ -59,7 +59,8 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     config = run_config(home)
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
-        raise ImgclfError(f"{folder} does not say which dataset it was trained on; pass --dataset NAME or "
+        raise ImgclfError(f"{folder} does not say which dataset it was trained on; add \"dataset\": \"NAME\" (or "
+                          "\"folder:PATH\") to its model.json, or score it with imgclf evaluate --dataset NAME or "
                           "--data folder:PATH.")
     recorded = membership.read(home)
     root = _recorded_root(recorded, source, data_dir) if recorded else None
@@ -87,7 +88,8 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     else:
         raise ImgclfError(f"{dataset.name} has no {split!r} split; it has {', '.join(dataset.splits)}.")
     if len(chosen) == 0:
-        raise ImgclfError(f"the {split} split of {dataset.name} is empty; evaluate on another --split.")
+        raise ImgclfError(f"the {split} split of {dataset.name} is empty; give it images, or score another "
+                          "split with imgclf evaluate --split.")
     return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
 
 

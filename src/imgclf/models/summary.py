@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from imgclf.models.base import Classifier
+
 
 @dataclass
 class Summary:
@@ -62,3 +64,48 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> Summary:
     size = sum(t.numel() * t.element_size() for t in [*params, *model.buffers()])
     return Summary(list(rows.values()), sum(p.numel() for p in params),
                    sum(p.numel() for p in params if p.requires_grad), counter.get_total_flops() // 2, size / 2**20)
+
+
+def map_sides(model: Classifier) -> list[tuple[str, int, bool]]:
+    """(name, smaller side of its (B, C, H, W) output, whether it has weights of its own) for each module, in
+    the order they run on one zero image of the model's input size; modules with other outputs are left out."""
+    seen: list[tuple[str, int, bool]] = []
+
+    def record(name: str):
+        def hook(module: nn.Module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                seen.append((name, min(output.shape[-2:]), any(True for _ in module.parameters(recurse=False))))
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        first = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, model.input_spec.channels, *model.input_spec.size, device=first.device,
+                              dtype=first.dtype))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def collapsed_note(model: Classifier) -> str | None:
+    """A warning when the input is so small that the model's last layers with weights see 1x1 maps (they
+    cannot tell where anything is, and Grad-CAM there is flat); None when every such layer sees more."""
+    sides = map_sides(model)
+    weighted = [(name, side) for name, side, own in sides if own]
+    # the layers after the last one that still sees more than 1x1 (a squeeze-excitation block's 1x1 convs,
+    # followed by larger maps again, are 1x1 by design)
+    last = max((i for i, (_, side) in enumerate(weighted) if side > 1), default=-1)
+    flat = [name for name, _ in weighted[last + 1:]]
+    if not flat:
+        return None
+    size = model.input_spec.size
+    # the smallest side so far divides the input by at least this much; 4x that gives the last maps 4x4
+    stride = max(min(size) // max(side, 1) for _, side, _ in sides)
+    return (f"at {size[0]}x{size[1]} px the model's last {len(flat)} layers with weights (from {flat[0]} on) see 1x1 "
+            f"feature maps, so they cannot tell where anything is and Grad-CAM falls back to an earlier layer; "
+            f"train at an image size of at least {4 * stride} (data.image_size) to keep them spatial.")

@@ -37,6 +37,7 @@ from imgclf.data import (
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
+from imgclf.models.summary import collapsed_note
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
@@ -233,6 +234,8 @@ class Trainer:
                                   data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
                                   freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
                                   **config.model.options).to(self.device)
+        if group.main and (note := collapsed_note(self.model)):  # once per run, from the first process
+            log.warning("%s %s", config.model.name, note)
         if config.model.init and not (folder / "state.pt").is_file():  # a resumed run has its own weights
             self._start_from(config.model.init)
         if cfg.sync_bn and group.active:
