@@ -48,7 +48,7 @@ def test_folder_info_json_and_strict(image_folder, capsys):
     assert info["splits"]["train"]["per_class"] == {"cat": 5, "dog": 5}
     assert len(info["problems"]) == 2
     assert main(["data", "info", f"folder:{image_folder}", "--strict"]) == 1
-    assert "problem(s) with --strict" in capsys.readouterr().err
+    assert "fails --strict (2 file(s) skipped)" in capsys.readouterr().err
 
 
 def test_usage_errors(capsys):

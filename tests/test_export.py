@@ -111,7 +111,7 @@ def test_int8_keeps_accuracy_and_shrinks_the_file(trained, tmp_path):
 
 
 def test_export_errors_are_clear_and_leave_nothing_behind(trained, tmp_path):
-    with pytest.raises(ImgclfError, match="not a run directory"):
+    with pytest.raises(ImgclfError, match="nothing does not exist; pass a run directory"):
         export_run(tmp_path / "nothing")
     with pytest.raises(ImgclfError, match="unknown export format 'tflite'; choose onnx or torchscript"):
         export_run(trained, "tflite")

@@ -1,7 +1,7 @@
 """imgclf: image classification with convolutional networks, from a folder of images to a served model.
 
     import imgclf
-    run = imgclf.train(imgclf.load_config("configs/mnist-fast.yaml"))
+    run = imgclf.train(imgclf.load_config("mnist-fast"))
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import io
 import json
 import logging
@@ -26,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 user error, 2 usage)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _check_unknown(parser, args, extra)
     args.extra = extra
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     if _rank():  # under torchrun only rank 0 reports progress; the others say only what goes wrong
@@ -92,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     training = commands.add_parser(
         "train", parents=[logs], help="train a model into a run directory",
         description="Train a model. Any config key can be set as --section.key VALUE, e.g. --train.lr 0.01 "
-                    "--model.options '{layers: 10}' (see configs/*.yaml for every key).")
-    training.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+                    "--model.options '{layers: 10}' (imgclf config show lists every key).")
+    training.add_argument("--config", type=Path, help=_CONFIG_HELP)
     training.add_argument("--dataset", help="dataset name or folder:PATH (data.dataset)")
     training.add_argument("--model", help="model name, or auto (the default): chosen from the data (model.name)")
     training.add_argument("--data-dir", help="folder with the dataset's files (data.data_dir)")
@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train briefly with an exponentially rising learning rate and suggest one. Takes the "
                     "same --config, --dataset, --model and --section.key options as train.")
     _config_options(finder, ("dataset", "model", "data-dir", "device"))
-    finder.add_argument("--steps", type=_positive, default=100, help="steps of the sweep (default 100)")
+    finder.add_argument("--steps", type=_positive, help="steps of the sweep (default: 3 epochs of batches, "
+                                                        "at least 20 and at most 100)")
     finder.add_argument("--start", type=float, default=1e-6, help="first learning rate (default 1e-6)")
     finder.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
     finder.add_argument("--plot", type=Path, default=Path("lr_find.png"), help="plot to write (default lr_find.png)")
@@ -313,8 +314,15 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--data-dir", help="folder with the dataset's files (default: $IMGCLF_DATA_DIR, cache, "
                                           "download)")
     paper.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    paper.add_argument("--recipes", type=Path, help="folder of the recipes (default: the checkout's configs/)")
+    paper.add_argument("--recipes", type=Path, help="folder of the recipes (default: the packaged ones)")
     paper.set_defaults(run=_study_paper)
+
+    configs = commands.add_parser("config", help="the config keys").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    show = configs.add_parser("show", parents=[logs], help="every config key with its value and meaning, as YAML")
+    show.add_argument("recipe", nargs="?", metavar="RECIPE",
+                      help="a YAML recipe or packaged recipe name (default: the defaults)")
+    show.set_defaults(run=_config_show)
 
     models = commands.add_parser("models", help="the model zoo").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
@@ -324,9 +332,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CONFIG_HELP = "a YAML recipe: a file, or a packaged one by name (folder, mnist-fast, ...: imgclf config show NAME)"
+
+
+def _check_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """A usage error for an argument the command does not take (--section.key options aside, where taken),
+    naming the closest option."""
+    dotted = getattr(args, "overrides", False)
+    unknown = [t for t in extra if not dotted or (t.startswith("--") and "." not in t.partition("=")[0])]
+    if not unknown:
+        return  # --section.key options and their values: the config checks them
+    from imgclf.config import config_keys, suggest
+
+    command = parser
+    while command._subparsers is not None:  # down to the (sub)command that was parsed
+        chooser = next(a for a in command._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+        command = chooser.choices[getattr(args, chooser.dest)]
+    flags = [flag for action in command._actions for flag in action.option_strings if flag not in ("-h", "--help")]
+    keys = {key.rsplit(".", 1)[-1]: key for key, *_ in config_keys()} if dotted else {}  # lr: train.lr
+    name = unknown[0].partition("=")[0]
+    leaf = name.lstrip("-").replace("-", "_")
+    close = next(iter(difflib.get_close_matches(name, flags, n=1)), None) if leaf not in keys else None
+    key = None if close else suggest(leaf, list(keys))
+    close = f"--{keys[key]}" if key else close
+    command.error(f"unrecognized argument {unknown[0]}" + (f"; did you mean {close}?" if close else ""))
+
+
 def _config_options(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
     """--config and the given shortcut flags of train (see _SHORTCUTS), for commands built on a training config."""
-    parser.add_argument("--config", type=Path, help="a YAML recipe (see configs/)")
+    parser.add_argument("--config", type=Path, help=_CONFIG_HELP)
     for flag in flags:
         parser.add_argument(f"--{flag}", type=float if flag == "epochs" else str,
                             help=f"as for train ({_SHORTCUTS[flag.replace('-', '_')]})")
@@ -797,6 +831,9 @@ def _fractions(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.1,0.1, got {text!r}") from None
     if len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected 2 or 3 non-negative fractions (train,val[,test]), got {text!r}")
+    if sum(values) > 1 + 1e-9:  # shares of the images: more than all of them is a typo, not weights to rescale
+        raise argparse.ArgumentTypeError(f"the fractions {text} add up to {sum(values):g}, more than 1; give "
+                                         "shares of the images that add up to 1, e.g. 0.8,0.1,0.1")
     return dict(zip(("train", "val", "test"), values, strict=False))
 
 
@@ -866,6 +903,24 @@ def _summary(args: argparse.Namespace) -> None:
     summary = summarize(model, shape)
     print(f"{args.model} at input {'x'.join(map(str, shape))}, {args.num_classes} classes")
     print(summary.table())
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    from imgclf.config import config_keys, load_config
+
+    section = None
+    for key, value, default, meaning in config_keys(load_config(args.recipe)):
+        *parent, name = key.split(".")
+        if parent and parent[0] != section:
+            section = parent[0]
+            print(f"{section}:")
+        note = "" if value == default else f" [default {_yaml_text(default)}]"
+        print(f"{'  ' * len(parent)}{name}: {_yaml_text(value)}  # {meaning}{note}")
+
+
+def _yaml_text(value: object) -> str:
+    """A value as it is written in a YAML recipe, on one line."""
+    return yaml.safe_dump([value], default_flow_style=True, width=1 << 30).strip()[1:-1]  # [v] -> v
 
 
 def _models_list(args: argparse.Namespace) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import io
 import os
+import tokenize
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -14,6 +17,9 @@ import yaml
 
 from imgclf.errors import ImgclfError
 
+RECIPES = Path(__file__).resolve().parent / "configs"  # the packaged recipes, found by name: --config mnist-fast
+
+# Each key's meaning is the comment beside its field (continued on comment lines below it): `imgclf config show`.
 
 @dataclass
 class DataConfig:
@@ -22,17 +28,18 @@ class DataConfig:
     val_fraction: float = 0.1  # validation split carved from the training data, stratified
     test_fraction: float | None = None  # a plain image folder (no train/val/test subfolders) keeps this much for
     # testing and val_fraction for validation; null: the 80/10/10 split of runs from before this key
-    split_seed: int = 0
+    split_seed: int = 0  # seed of the validation and test splits
     folds: int | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
-    fold: int = 0
+    fold: int = 0  # which fold validates, 0 to folds - 1
     subset: int | None = None  # train on the first N training images only (quick runs)
     augment: str = "auto"  # none, digits, photos, or auto (digits for digit datasets, photos otherwise)
     noise: float = 0.0  # noise augmentation on top: gaussian noise with a std drawn per image from [0, noise]
-    image_size: int | None = None  # default: the model's own input size
-    channels: int | None = None  # default: the model's
+    image_size: int | None = None  # input size in pixels (default: the model's own)
+    channels: int | None = None  # input channels, 1 or 3 (default: the model's)
     num_workers: int = 2  # DataLoader workers for image folders
     in_memory: bool | None = None  # image folders: decode once into memory (true), stream every epoch (false),
-    memory_limit_gb: float = 2.0  # or, when null, in memory if the prepared images take at most this much
+    # or, when null, in memory if the prepared images take at most memory_limit_gb
+    memory_limit_gb: float = 2.0  # the most memory (GiB) in_memory null decodes images into
     strict: bool = False  # fail on unreadable files instead of skipping them
     extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
 
@@ -47,7 +54,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "auto"  # a model name (imgclf models list), or auto: chosen from the data
-    pretrained: bool = False
+    pretrained: bool = False  # start from ImageNet weights (torchvision backbones; downloaded once)
     weights: str | None = None  # a local weights file instead of downloading pretrained ones
     freeze: str = "none"  # backbone, none, or a number of stages, after freeze_epochs
     options: dict = field(default_factory=dict)  # model-specific, e.g. {layers: 10, kernel: 5}
@@ -56,19 +63,19 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0  # may be fractional: 0.5 trains half an epoch
-    batch_size: int = 256
+    epochs: float = 1.0  # passes over the training data; may be fractional: 0.5 trains half an epoch
+    batch_size: int = 256  # images per training step
     optimizer: str = "adamw"  # adam, adamw, sgd, rmsprop
-    lr: float = 0.02
+    lr: float = 0.02  # learning rate (the peak of the schedule)
     weight_decay: float = 5e-4  # not applied to biases and norm layers
-    momentum: float = 0.9  # sgd and rmsprop
-    nesterov: bool = True  # sgd
+    momentum: float = 0.9  # momentum of sgd and rmsprop
+    nesterov: bool = True  # Nesterov momentum (sgd)
     schedule: str = "onecycle"  # constant, step, plateau, cosine, onecycle
     warmup: float = 0.0  # epochs of linear warm-up (cosine)
     step_epochs: int = 10  # step: multiply the lr by gamma every step_epochs
     gamma: float = 0.1  # step and plateau factor
     plateau_patience: int = 2  # plateau: epochs without improvement before lowering the lr
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # share of each target spread over the other classes
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     monitor: str = "val_acc"  # val_acc or val_loss: picks the best epoch, early stopping, plateau
     early_stop: int | None = None  # stop after this many epochs without improvement
@@ -78,7 +85,7 @@ class TrainConfig:
     ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
     clip: float | None = None  # clip the gradient norm to this value
     precision: str = "fp32"  # fp32, bf16 (CPU or CUDA), fp16 (CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
     device: str = "auto"  # auto (cuda, mps, cpu), or one of them
     nonfinite: str = "stop"  # a NaN/inf loss: stop, or skip the step
     adversarial: str = "none"  # none, fgsm (random start, 1.25 eps step) or pgd: train on attacked images
@@ -86,7 +93,7 @@ class TrainConfig:
     attack_steps: int = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
     sync_bn: bool = False  # torchrun on GPUs: batch norm statistics over the global batch (SyncBatchNorm)
     dist_timeout: float = 300.0  # torchrun: seconds a process waits for the others before the run fails
-    seed: int = 0
+    seed: int = 0  # weights, data order and augmentation
 
 
 @dataclass
@@ -104,10 +111,26 @@ class Config:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def find_config(path: str | Path) -> Path:
+    """A YAML recipe: the file `path` when it exists, else the packaged recipe of that name (folder, mnist-fast)."""
+    path = Path(path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    name = path.name.removesuffix(".yaml")
+    if (RECIPES / f"{name}.yaml").is_file():
+        return RECIPES / f"{name}.yaml"
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    close = difflib.get_close_matches(name, names, n=1)
+    raise ImgclfError(f"config {path} is neither a file nor a packaged recipe"
+                      + (f"; did you mean {close[0]}?" if close else f"; the recipes are {', '.join(names)}."))
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
-    """Defaults, updated by a YAML file, updated by {'train.lr': 0.01, ...}; checked against the dataclasses."""
+    """Defaults, updated by a YAML file (or packaged recipe), updated by {'train.lr': 0.01, ...}; checked against
+    the dataclasses."""
     data: dict = {}
     if path is not None:
+        path = find_config(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as err:
@@ -121,7 +144,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
 
 def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str]:
     """The dotted keys a YAML recipe and overrides set (what an automatic choice must not change)."""
-    data = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    data = (yaml.safe_load(find_config(path).read_text()) or {}) if path is not None else {}
     keys = {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
     return keys | set(overrides)
 
@@ -167,8 +190,8 @@ def _build(cls: type, data: dict, where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {where}{close[0]}?" if close else f"; known: {', '.join(names)}"
+            close = suggest(str(key), names)
+            hint = f"; did you mean {where}{close}?" if close else f"; known: {', '.join(names)}"
             raise ImgclfError(f"unknown config key {where}{key}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
@@ -198,3 +221,45 @@ def _check(value: object, hint: object, key: str) -> object:
             return value
     wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
     raise ImgclfError(f"config key {key} must be {wanted}, got {value!r}.")
+
+
+def suggest(name: str, names: list[str]) -> str | None:
+    """The one of `names` that `name` was likely meant to be: by spelling, or by initials (learning_rate: lr)."""
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return close[0]
+    initials = "".join(word[:1] for word in name.split("_"))
+    return next((n for n in names if n == initials or "".join(w[:1] for w in n.split("_")) == name), None)
+
+
+def config_keys(config: Config | None = None) -> list[tuple[str, object, object, str]]:
+    """(dotted key, value in `config`, default, meaning) of every config key, in the order of the dataclasses."""
+    meanings = _meanings()
+
+    def rows(node: object, default: object, prefix: str):
+        for f in dataclasses.fields(node):
+            value, base = getattr(node, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from rows(value, base, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", value, base, meanings[type(node).__name__, f.name]
+
+    return list(rows(config or Config(), Config(), ""))
+
+
+def _meanings() -> dict[tuple[str, str], str]:
+    """(class name, field name) -> the comment beside the field in this file, with the comment lines under it."""
+    source = Path(__file__).read_text()
+    lines = source.splitlines()
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.parse(source).body:
+        for item in node.body if isinstance(node, ast.ClassDef) else []:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                line, parts = item.lineno, []
+                while line in comments and (not parts or lines[line - 1].lstrip().startswith("#")):
+                    parts.append(comments[line])
+                    line += 1
+                found[node.name, item.target.id] = " ".join(parts)
+    return found

@@ -51,6 +51,9 @@ def save_model(folder: Path, model: Classifier, classes: list[str], preprocess: 
 def run_folder(path: str | Path) -> Path:
     """The run directory of a path that names it or a file in it (model.json, model.safetensors)."""
     path = Path(path)
+    if not path.exists():  # named as given: its parent folder is not what the user meant
+        raise ImgclfError(f"{path} does not exist; pass a run directory (the folder `imgclf train` printed) "
+                          "or a model file in one.")
     return path if path.is_dir() else path.parent
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from imgclf import __version__
-from imgclf.config import Config, load_config
+from imgclf.config import RECIPES, Config, load_config
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
 from imgclf.evaluate.compare import compare_runs
@@ -30,7 +30,6 @@ from imgclf.training import train
 from imgclf.tune import tune
 
 log = logging.getLogger(__name__)
-RECIPES = Path(__file__).resolve().parents[2] / "configs"  # the repository's recipes, beside src/
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,8 @@ def study_paper(out: str | Path = "studies/paper", *, budget: str = "cpu", datas
         raise ImgclfError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}.")
     recipes = Path(recipes)
     if not (recipes / "paper-cnn.yaml").is_file():
-        raise ImgclfError(f"the recipes (configs/*.yaml) are not in {recipes}; run from a source checkout of imgclf "
-                          "or pass --recipes DIR.")
+        raise ImgclfError(f"the recipes (paper-cnn.yaml, ...) are not in {recipes}; pass --recipes DIR, a folder "
+                          "holding them.")
     out, b = Path(out), BUDGETS[budget]
     common = {"out": str(out / "runs"), "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None,
               "train.device": device}

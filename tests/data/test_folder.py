@@ -29,9 +29,30 @@ def test_split_is_stratified_and_seeded(image_folder):
     assert set(a.split("train").paths).isdisjoint(a.split("test").paths)
 
 
-def test_strict_fails_on_problems(image_folder):
-    with pytest.raises(DataError, match=r"problem\(s\) with --strict: .*broken.png"):
-        load_dataset(f"folder:{image_folder}", strict=True)
+def test_strict_fails_on_problems_and_counts_files(image_folder):
+    (image_folder / "cat" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"fails --strict \(3 file\(s\) skipped\): .*dog/broken.png"):
+        load_dataset(f"folder:{image_folder}", strict=True)  # 3 bad files in one problem, plus an empty class
+
+
+def test_skipped_files_are_named_by_class_and_warned_once(tmp_path, write_image, caplog):
+    """Loaded again and again in one process (as benchmark and tune trials do), the folder warns once; files are
+    named <class>/<file> (nested ones too), never by an absolute path, and truncated JPEGs are among them."""
+    root = tmp_path / "photos"
+    for i in range(4):
+        write_image(root / "ants" / f"{i}.jpg", size=(64, 64), seed=i)
+        write_image(root / "bees" / "wild" / f"{i}.jpg", size=(64, 64), seed=10 + i)
+    cut = root / "ants" / "0.jpg"
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    (root / "bees" / "wild" / "junk.png").write_bytes(b"not a png")
+    for _ in range(3):
+        dataset = load_dataset(f"folder:{root}", fractions={"train": 1.0})
+    assert len(dataset.split("train")) == 7
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "ants/0.jpg (unreadable: image file is truncated" in warnings[0]
+    assert "bees/wild/junk.png (unreadable" in warnings[0]
+    assert str(root / "bees") not in warnings[0]  # the folder is named once, the files relative to it
 
 
 def test_images_keep_their_channels_and_decode(image_folder):
@@ -88,15 +109,23 @@ def test_corrupt_file_found_while_training_names_the_file(tmp_path, write_image)
         list(batches(dataset.split("train"), preprocess, batch_size=2))
 
 
-def test_strict_scan_finds_truncated_jpegs(tmp_path, write_image):
+def test_a_truncated_jpeg_is_skipped_like_a_truncated_png(tmp_path, write_image):
+    root = tmp_path / "photos"
     for i in range(3):
-        write_image(tmp_path / "a" / f"{i}.jpg", size=(64, 64), seed=i)
-        write_image(tmp_path / "b" / f"{i}.jpg", size=(64, 64), seed=10 + i)
-    cut = tmp_path / "a" / "0.jpg"
-    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
-    assert len(load_dataset(f"folder:{tmp_path}", fractions={"train": 1.0}).split("train")) == 6  # header only
-    with pytest.raises(DataError, match=r"0.jpg \(unreadable: image file is truncated"):
-        load_dataset(f"folder:{tmp_path}", strict=True)
+        for suffix in ("jpg", "png"):
+            write_image(root / "a" / f"{i}.{suffix}", size=(64, 64), seed=i)
+            write_image(root / "b" / f"{i}.{suffix}", size=(64, 64), seed=10 + i)
+    cuts = {root / "a" / "0.jpg", root / "b" / "0.png"}
+    for cut in cuts:
+        cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    dataset = load_dataset(f"folder:{root}", fractions={"train": 1.0})
+    train = dataset.split("train")
+    assert len(train) == 10 and not cuts & set(train.paths)
+    list(batches(train, default_preprocess(dataset), batch_size=4))  # every kept file decodes
+    assert "a/0.jpg (unreadable: image file is truncated" in dataset.problems[0]
+    assert "b/0.png (unreadable" in dataset.problems[0]
+    with pytest.raises(DataError, match=r"a/0.jpg \(unreadable: image file is truncated"):
+        load_dataset(f"folder:{root}", strict=True)
 
 
 def test_rotated_photos_are_measured_as_decoded(tmp_path):

@@ -246,6 +246,26 @@ def test_lr_find_suggests_a_rate_and_plots(tmp_path, mnist_dir, capsys):
     assert not list(tmp_path.glob("runs*"))  # nothing saved as a run
 
 
+def test_lr_find_takes_few_steps_on_small_data():
+    from imgclf.training.lr_find import default_steps
+
+    assert default_steps(images=40, batch_size=16) == 20  # 2 batches an epoch: the 20-step floor, seconds
+    assert default_steps(images=640, batch_size=32) == 60  # 3 epochs of 20 batches
+    assert default_steps(images=60000, batch_size=256) == 100
+
+
+def test_run_files_are_readable_by_others_as_the_umask_allows(tmp_path, mnist_dir):
+    """Temp files are created owner-only (0600); what a run writes has the usual 0666 less the umask."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    run = train(_config(tmp_path, mnist_dir, **{"data.subset": 300}), progress=False)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir() if p.is_file()}
+    assert {"model.safetensors", "model.json", "state.pt", "config.yaml", "metrics.csv"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_package_level_api():
     import imgclf
 

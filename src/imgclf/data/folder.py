@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclf.data.cache import cached_json, files_key
@@ -25,6 +25,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 SPLIT_NAMES = ("train", "val", "test")
 _SHOWN = 10  # bad files listed by name in one message
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}  # suffixes of one format
+_CHECK = 2  # raise when what the scan checks changes: cached verdicts of an older check are not reused
 
 
 def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int = 0,
@@ -34,13 +35,14 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
         raise DataError(f"image folder {root} does not exist or is not a folder; "
                         "pass folder:PATH with PATH a folder of <class>/<image> subfolders.")
     problems: list[str] = []
+    skipped: list[str] = []  # files left out, filled by _scan
     stamps: dict[str, str] = {}  # path -> stamp, filled by _scan
     present = [name for name in SPLIT_NAMES if (root / name).is_dir()]
     if present:
         if "train" not in present:
             raise DataError(f"{root} has {'/'.join(present)}/ but no train/ folder; add train/<class>/ "
                             "images, or use a single folder of <class>/ subfolders to have it split.")
-        scans = {name: _scan(root / name, problems, strict, stamps) for name in present}
+        scans = {name: _scan(root / name, problems, skipped, strict, stamps) for name in present}
         classes = _classes(scans["train"], root / "train", problems)
         for name, scan in scans.items():
             unknown = sorted({c for c, paths in scan.items() if paths} - set(classes))
@@ -49,7 +51,7 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
                                 "have; the class sets must match. Add them to train/ or remove them.")
         splits = {name: _flatten(scan, classes, stamps) for name, scan in scans.items()}
     else:
-        scan = _scan(root, problems, strict, stamps)
+        scan = _scan(root, problems, skipped, strict, stamps)
         classes = _classes(scan, root, problems)
         every = _flatten(scan, classes, stamps)
         fractions_used = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -65,7 +67,7 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
             problems.append(f"split {name!r} has no images of class(es) {', '.join(missing)}, so its "
                             "metrics will not cover them; add images (or change the split fractions).")
     if strict and problems:
-        raise DataError(f"{root}: {len(problems)} problem(s) with --strict: " + " ".join(problems))
+        raise DataError(f"{root} fails --strict ({len(skipped)} file(s) skipped): " + " ".join(problems))
     rare = _rare_formats([p for split in splits.values() for p in split.paths])  # a note, not a problem
     if rare:
         problems.append(f"{len(rare)} file(s) under {root} are kept but in a format the others are not "
@@ -73,24 +75,28 @@ def load_folder(root: Path, fractions: dict[str, float] | None = None, seed: int
     return Dataset(f"folder:{root}", classes, splits, kind="photos", problems=problems)
 
 
-def _scan(folder: Path, problems: list[str], decode: bool, stamps: dict[str, str]) -> dict[str, list[Path]]:
-    """Readable image files per class subfolder; unreadable and non-image files go to `problems`, and every
-    file's stamp (path, size, time) into `stamps`."""
+def _scan(folder: Path, problems: list[str], skipped: list[str], decode: bool, stamps: dict[str, str]
+          ) -> dict[str, list[Path]]:
+    """Readable image files per class subfolder; unreadable and non-image files go to `problems` and (as
+    <class>/<file>) to `skipped`, and every file's stamp (path, size, time) into `stamps`."""
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     listed = {d.name: _files(d) for d in class_dirs}
     files = {name: [path for path, _ in found] for name, found in listed.items()}
     stamps.update((os.fspath(path), mark) for found in listed.values() for path, mark in found)
     stray = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if stray:
+        skipped += [f.name for f in stray]
         problems.append(f"{folder} has {len(stray)} image(s) outside class subfolders, left out "
                         f"({_names(stray)}); move them into a <class>/ folder.")
     every = [p for paths in files.values() for p in paths]
     # the same files (paths, sizes, times) were checked before: skip opening every one of them again
-    key = files_key([mark for found in listed.values() for _, mark in found], decode)
+    key = files_key([mark for found in listed.values() for _, mark in found], decode, _CHECK)
     verdicts = dict(cached_json("scan", key, lambda: _check(every, folder, decode)))
     if verdicts:
         files = {name: [p for p in paths if os.path.abspath(p) not in verdicts] for name, paths in files.items()}
-    bad = [f"{Path(path).parent.name}/{Path(path).name} ({reason})" for path, reason in verdicts.items()]
+    names = [Path(os.path.relpath(path, os.path.abspath(folder))).as_posix() for path in verdicts]  # <class>/<file>
+    skipped += names
+    bad = [f"{name} ({reason})" for name, reason in zip(names, verdicts.values(), strict=True)]
     if bad:
         problems.append(f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
                         + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
@@ -127,8 +133,8 @@ def _files(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _check(paths: list[Path], folder: Path, decode: bool) -> list[tuple[str, str]]:
-    """(absolute path, reason) of each file that is no image PIL can check (`decode`: fully decode, which also
-    finds truncated JPEGs; else only the header and structure)."""
+    """(absolute path, reason) of each file that is no image PIL can read (`decode`: fully decode every file;
+    else check PNGs' structure and decode the others, whose headers say nothing of a truncated body)."""
     bad = []
     for path in tqdm(paths, desc=f"checking {folder.name}", unit="file", disable=len(paths) < 2000):
         reason = _unreadable(path, decode)
@@ -143,7 +149,13 @@ def _unreadable(path: Path, decode: bool) -> str | None:
         return "not an image file"
     try:
         with Image.open(path) as image:
-            image.load() if decode else image.verify()
+            if decode or image.format != "PNG":  # a PNG's verify reads every chunk: cut files fail it
+                image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale, still reading every byte
+                image.load()
+            else:
+                image.verify()
+    except UnidentifiedImageError:  # its message holds the path, said once already
+        return "unreadable: not an image format PIL knows"
     except UNREADABLE as err:
         return f"unreadable: {err}"
     return None

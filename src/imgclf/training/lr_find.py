@@ -15,16 +15,24 @@ from imgclf.training.loop import Trainer
 from imgclf.training.recipe import resolve
 
 log = logging.getLogger(__name__)
+MAX_STEPS, MIN_STEPS, EPOCHS = 100, 20, 3  # default sweep: 3 epochs of batches, within 20 to 100 steps
 
 
-def lr_find(config: Config, steps: int = 100, start: float = 1e-6, end: float = 1.0,
+def default_steps(images: int, batch_size: int) -> int:
+    """Steps of a sweep that gives a clear curve on large data and takes seconds on small data."""
+    return min(MAX_STEPS, max(MIN_STEPS, EPOCHS * max(1, images // batch_size)))
+
+
+def lr_find(config: Config, steps: int | None = None, start: float = 1e-6, end: float = 1.0,
             progress: bool = True) -> tuple[list[float], list[float], float]:
     """(learning rates, smoothed losses, suggested rate): the rate at the lowest loss divided by 10,
-    a common rule of thumb. Stops early once the loss exceeds 4x its lowest value. Nothing is saved."""
+    a common rule of thumb. Stops early once the loss exceeds 4x its lowest value. Nothing is saved.
+    `steps`: default_steps of the training data."""
     config = resolve(config).config  # model auto: the recipe's model and settings
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(config, Path(scratch), progress)
     model, optimizer = trainer.model.train(), trainer.optimizer
+    steps = steps or default_steps(len(trainer.train_split), config.train.batch_size)
     # keep backbone_lr; "initial_lr" is each group's rate before the schedule (e.g. one-cycle's warm-up) lowered it
     ratios = [group.get("initial_lr", group["lr"]) / config.train.lr for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(config.train.seed)
