@@ -21,8 +21,8 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 test: lint
-	# pytest exits 5 when it collects no tests; that is not a failure of the build
-	$(BIN)/python -m pytest -q || [ $$? -eq 5 ]
+	# pytest exits 5 when it collects no tests; that is not a failure of the build. The 15 slowest tests are listed.
+	$(BIN)/python -m pytest -q --durations=15 || [ $$? -eq 5 ]
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from imgclf.evaluate.stats import format_interval, format_p
+
 ROOT = Path(__file__).resolve().parents[1]
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
 RECIPES = [  # (run name, config, extra train arguments); 10% kept for validation, to fit the temperature on
@@ -43,7 +45,8 @@ def main() -> None:
     for name, _, _ in RECIPES:
         r = json.loads((args.out / name / "report.json").read_text())
         ci, lat, fair = r["confidence_intervals"], r["efficiency"]["latency_ms"], r["fairness"]
-        print(f"| {name} | {_ci(r['accuracy'], ci['accuracy'])} | {_ci(r['macro']['f1'], ci['macro_f1'])} "
+        print(f"| {name} | {format_interval(r['accuracy'], ci['accuracy'])} "
+              f"| {format_interval(r['macro']['f1'], ci['macro_f1'])} "
               f"| {r['temperature']['ece_uncalibrated']:.4f} -> {r['calibration']['ece']:.4f} "
               f"| {r['temperature']['value']:.3f} | {fair['worst_class']}: {fair['worst_accuracy']:.4f} "
               f"| {lat['p50']:.2f} / {lat['p99']:.2f} | {r['efficiency']['throughput']['images_per_second']:,.0f} |")
@@ -54,14 +57,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for rank, e in enumerate(result["leaderboard"], 1):
         versus = e["vs_best"] or {}
-        p = f"{versus['p_value']:.3g}" if versus else "best"
+        p = format_p(versus["p_value"]) if versus else "best"
         print(f"| {rank} | {e['name']} | {e['accuracy']:.4f} | {p} "
               f"| {versus.get('a_only', '')} / {versus.get('b_only', '')} |")
     print(f"\nreports: {args.out}/<run>/report.html and {args.out}/compare.html")
-
-
-def _ci(value: float, interval: list[float]) -> str:
-    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 if __name__ == "__main__":

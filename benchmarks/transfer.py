@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from imgclf.config import load_config
 from imgclf.evaluate.compare import compare_runs
+from imgclf.evaluate.stats import format_interval, format_p
 from imgclf.training import train
 from imgclf.training.recipe import photo_fast_recipe
 
@@ -105,11 +106,11 @@ def main() -> None:
           f"{args.backbone_lr:g}\n")
     print("| start | val accuracy [95% CI] | training s |\n|---|---|---|")
     for name in runs:
-        low, high = board[name]["ci"]["accuracy"]
-        print(f"| {name} | {board[name]['accuracy']:.4f} [{low:.4f}, {high:.4f}] | {seconds[name]:.0f} |")
+        print(f"| {name} | {format_interval(board[name]['accuracy'], board[name]['ci']['accuracy'])} "
+              f"| {seconds[name]:.0f} |")
     pair = result["pairs"][0]
     print(f"\ndifference {board['pretrained']['accuracy'] - board['scratch']['accuracy']:+.4f} on "
-          f"{result['samples']} val images; McNemar exact p = {pair['p_value']:.3g} (pretrained right only "
+          f"{result['samples']} val images; McNemar exact p = {format_p(pair['p_value'])} (pretrained right only "
           f"{pair['a_only']}, scratch right only {pair['b_only']}); {time.monotonic() - started:.0f} s in all, "
           f"{args.threads} threads; runs in {out}")
 

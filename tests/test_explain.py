@@ -111,7 +111,7 @@ def test_explain_errors(mnist_run, tmp_path, write_image):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ImgclfError, match=r"cannot read image .*broken\.png"):
         explain_files(mnist_run, [tmp_path / "broken.png"], out=tmp_path)
-    onnx, _ = export_run(mnist_run, "onnx", out=tmp_path)
+    _, onnx = export_run(mnist_run, "onnx", out=tmp_path)
     with pytest.raises(ImgclfError, match="pass the run directory, not an exported file"):
         explain_files(onnx, [image], out=tmp_path)
 

@@ -132,7 +132,7 @@ def test_robustness_errors_and_exported_models(run, tmp_path):
             robustness(run, step_size=size)
     with pytest.raises(ImgclfError, match="the seed must be 0 or more"):
         robustness(run, seed=-1)
-    onnx, _ = export_run(run, "onnx", out=tmp_path)
+    _, onnx = export_run(run, "onnx", out=tmp_path)
     with pytest.raises(ImgclfError, match="attacks need the model's gradients"):
         robustness(onnx, limit=50)
     torch_report, _ = robustness(run, corruptions=["jpeg"], attack_names=(), limit=100, out=tmp_path / "torch")

@@ -49,7 +49,7 @@ def benchmark_formats(run: str | Path, *, data_dir: str | Path | None = None, ru
                                     ("onnxruntime int8", "onnx", "int8")):
             log.info("exporting to %s", name)
             try:
-                path, _ = export_run(run, fmt, quantize=quantize, out=scratch, data_dir=data_dir,
+                _, path = export_run(run, fmt, quantize=quantize, out=scratch, data_dir=data_dir,
                                      tolerance=tolerance, max_drop=max_drop)
                 contenders[name] = ExportedModel(path)
             except ImgclfError as err:  # this format fails; the others are still worth measuring

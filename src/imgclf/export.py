@@ -61,10 +61,10 @@ class Deployable(nn.Module):
 
 def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = None, opset: int = MIN_OPSET,
                embed_normalization: bool = False, out: str | Path | None = None, data_dir: str | Path | None = None,
-               samples: int = 256, tolerance: float = 1e-4, max_drop: float = 0.01) -> tuple[Path, dict]:
+               samples: int = 256, tolerance: float = 1e-4, max_drop: float = 0.01) -> tuple[dict, Path]:
     """Export with a dynamic batch dimension, check parity on `samples` test images at once and on one
     alone (max |p_export - p_torch| <= tolerance), and for int8 the accuracy on the whole test split
-    (drop <= max_drop); returns the file and its metadata as written."""
+    (drop <= max_drop); returns the metadata as written and the file."""
     _check_options(fmt, quantize, opset)
     model, meta = load_model(run)
     folder = run_folder(run)
@@ -106,7 +106,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
     text = json.dumps(info, indent=2) + "\n"
     atomic_write(path.with_name(path.name + ".json"), lambda tmp: tmp.write_text(text))
-    return path, json.loads(text)  # as a consumer reads it
+    return json.loads(text), path  # as a consumer reads it
 
 
 def _check_options(fmt: str, quantize: str | None, opset: int) -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from imgclf import __version__
 from imgclf.data.transforms import Preprocess
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 from imgclf.files import atomic_write
 from imgclf.models import Classifier, create_model
 
@@ -77,7 +77,7 @@ def load_model(path: str | Path) -> tuple[Classifier, dict]:
     try:
         model.load_state_dict(load_file(weights_path))
     except (RuntimeError, OSError) as err:
-        raise ImgclfError(f"{weights_path} does not fit {name}: {str(err).splitlines()[0]}") from err
+        raise ImgclfError(f"{weights_path} does not fit {name}: {first_line(err)}") from err
     return model.eval(), meta
 
 

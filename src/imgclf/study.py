@@ -22,6 +22,7 @@ from imgclf.evaluate import plots
 from imgclf.evaluate.compare import compare_runs
 from imgclf.evaluate.evaluation import evaluate_run, robustness_record
 from imgclf.evaluate.report import figure, page, table
+from imgclf.evaluate.stats import format_interval, format_p
 from imgclf.models import create_model
 from imgclf.models.summary import summarize
 from imgclf.robustness import CORRUPTIONS, robustness
@@ -260,7 +261,7 @@ def _sections(r: dict, out: Path) -> list[tuple[str, str, list[str], list[list],
     (figures / "confusions.png").write_bytes(plots.confusion_grid(
         {labels[n]: rep["confusion"] for n, rep in r["reports"].items()}, next(iter(r["reports"].values()))["classes"]))
     table_iv = [_row_iv(name, labels[name], notes[name], rep, board[name]) for name, rep in r["reports"].items()]
-    pairs = [[labels[p["a"]], labels[p["b"]], p["a_only"], p["b_only"], _p(p["p_value"]),
+    pairs = [[labels[p["a"]], labels[p["b"]], p["a_only"], p["b_only"], format_p(p["p_value"]),
               _delta(r["reports"][p["a"]]["accuracy"] - r["reports"][p["b"]]["accuracy"])]
              for p in r["compare"]["pairs"]]
     search, samples = r["table_iii"], r["compare"]["samples"]
@@ -311,14 +312,14 @@ def _row_iv(name: str, label: str, note: str, rep: dict, entry: dict) -> list:
     attacked = " / ".join(f"{attacks[a]['accuracy_by_eps'].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd")
                           if a in attacks)
     vs = entry["vs_best"]
-    return [label, note, _ci(rep["accuracy"], ci["accuracy"]), f"{rep['macro']['precision']:.4f}",
-            f"{rep['macro']['recall']:.4f}", _ci(rep["macro"]["f1"], ci["macro_f1"]), f"{rep['macro_auc']:.5f}",
-            f"{rep['calibration']['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
+    return [label, note, format_interval(rep["accuracy"], ci["accuracy"]), f"{rep['macro']['precision']:.4f}",
+            f"{rep['macro']['recall']:.4f}", format_interval(rep["macro"]["f1"], ci["macro_f1"]),
+            f"{rep['macro_auc']:.5f}", f"{rep['calibration']['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
             f"{eff['throughput']['images_per_second']:,.0f}",
             f"{rep['training']['summary'].get('train_seconds', 0):.0f}",
             f"{eff['params']:,}", f"{eff['macs'] / 1e6:.1f}M",
             f"{robust['mean_corruption_accuracy']:.3f}" if robust else "", attacked,
-            "best" if vs is None else f"{_p(vs['p_value'])} ({vs['a_only']} vs {vs['b_only']})"]
+            "best" if vs is None else f"{format_p(vs['p_value'])} ({vs['a_only']} vs {vs['b_only']})"]
 
 
 def _answer(r: dict, labels: dict) -> str:
@@ -329,8 +330,8 @@ def _answer(r: dict, labels: dict) -> str:
     latency = {n: rep["efficiency"]["latency_ms"]["p50"] for n, rep in reports.items()}
     tied = [e for e in board[1:] if e["vs_best"]["p_value"] >= 0.05]
     cheapest = min([best, *tied], key=lambda e: seconds[e["name"]])
-    lines = [f"- Most accurate: **{labels[best['name']]}**, {best['accuracy']:.4f} "
-             f"[{best['ci']['accuracy'][0]:.4f}, {best['ci']['accuracy'][1]:.4f}], trained in "
+    lines = [f"- Most accurate: **{labels[best['name']]}**, "
+             f"{format_interval(best['accuracy'], best['ci']['accuracy'])}, trained in "
              f"{seconds[best['name']]:.0f} s, {latency[best['name']]:.2f} ms per image."]
     if tied:
         others = ", ".join(labels[e["name"]] for e in tied)
@@ -342,7 +343,7 @@ def _answer(r: dict, labels: dict) -> str:
         difference = reports[a]["accuracy"] - reports[b]["accuracy"]
         verdict = "a significant" if p["p_value"] < 0.05 else "no significant"
         lines.append(f"- {labels[a]} vs {labels[b]}: {_delta(difference)} points of accuracy, {verdict} difference "
-                     f"(McNemar p = {_p(p['p_value'])}); training {seconds[a]:.0f} s vs {seconds[b]:.0f} s, "
+                     f"(McNemar p = {format_p(p['p_value'])}); training {seconds[a]:.0f} s vs {seconds[b]:.0f} s, "
                      f"latency {latency[a]:.2f} vs {latency[b]:.2f} ms.")
     search = r["table_iii"]
     chosen = ", ".join(f"{k} {v}" for k, v in search["best"]["params"].items())
@@ -360,14 +361,6 @@ def _means(trials_csv: Path, parameter: str) -> dict:
             if row["state"] == "complete" and row.get(parameter):
                 groups.setdefault(row[parameter], []).append(float(row["value"]))
     return {value: sum(v) / len(v) for value, v in sorted(groups.items(), key=lambda kv: float(kv[0]))}
-
-
-def _ci(value: float, ci: list[float]) -> str:
-    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
-
-
-def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
 def _delta(difference: float) -> str:

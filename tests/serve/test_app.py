@@ -14,6 +14,7 @@ import time
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,6 +27,7 @@ from imgclf.cli import main
 from imgclf.data import load_dataset
 from imgclf.predict import predict_files
 from imgclf.rundir import sha256, update_meta
+from imgclf.serve.app import Service
 from imgclf.serve.feedback import FeedbackStore, stats
 
 
@@ -318,6 +320,22 @@ def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_servi
         assert swapped.status_code == 200 and swapped.json()["version"] != old
         answer = client.post("/v1/predict", files={"file": png})
         assert answer.json()["model"]["version"] == swapped.json()["version"] == answer.headers["x-model-version"]
+
+
+def test_a_reload_that_fails_without_a_message_is_still_a_422(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    first, _ = (tiny_run(models / name, ["a", "b"], 1, 28) for name in ("first", "second"))
+    load = Service.load
+
+    def failing(path):
+        if Path(path).name == "second":
+            raise RuntimeError()  # some libraries raise errors with no message at all
+        return load(path)
+
+    monkeypatch.setattr(Service, "load", staticmethod(failing))
+    with serving(first, admin_token="s3cret", models_dir=str(models)) as url:
+        answer = httpx.post(f"{url}/admin/reload", json={"run": "second"}, headers={"authorization": "Bearer s3cret"})
+    assert answer.status_code == 422 and "cannot load second (RuntimeError)" in answer.json()["error"]
 
 
 def test_kill_9_during_feedback_loses_no_acknowledged_row(mnist_run, digits, tmp_path):

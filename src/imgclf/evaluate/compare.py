@@ -19,8 +19,8 @@ from imgclf.evaluate.evaluation import (
     robustness_record,
     training_record,
 )
-from imgclf.evaluate.report import figure, interval, p_value, page, table
-from imgclf.evaluate.stats import mcnemar, scores
+from imgclf.evaluate.report import figure, page, table
+from imgclf.evaluate.stats import format_interval, format_p, mcnemar, scores
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import open_model
@@ -101,10 +101,10 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
 def render_comparison(result: dict) -> str:
     """The comparison as one HTML document: leaderboard, significance, the accuracy-latency plot, references."""
     board = result["leaderboard"]
-    rows = [[e["name"], e["model"], interval(e["accuracy"], e["ci"]["accuracy"]),
-             interval(e["macro_f1"], e["ci"]["macro_f1"]), e["ece"], f"{e['params']:,}", f"{e['flops']:,}",
+    rows = [[e["name"], e["model"], format_interval(e["accuracy"], e["ci"]["accuracy"]),
+             format_interval(e["macro_f1"], e["ci"]["macro_f1"]), e["ece"], f"{e['params']:,}", f"{e['flops']:,}",
              f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f}",
-             "best" if e["vs_best"] is None else f"{p_value(e['vs_best']['p_value'])} "
+             "best" if e["vs_best"] is None else f"{format_p(e['vs_best']['p_value'])} "
              f"({e['vs_best']['a_only']} vs {e['vs_best']['b_only']})"] for e in board]
     headers = ["run", "model", "accuracy [95% CI]", "macro F1 [95% CI]", "ECE", "params", "FLOPs",
                "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"]
@@ -123,7 +123,7 @@ def render_comparison(result: dict) -> str:
                         "p-value means the two models' error rates differ beyond chance on these images.</p>"
                         + leaderboard),
         ("Pairs", table(["a", "b", "a right only", "b right only", "McNemar p"],
-                        [[q["a"], q["b"], q["a_only"], q["b_only"], p_value(q["p_value"])] for q in result["pairs"]])
+                        [[q["a"], q["b"], q["a_only"], q["b_only"], format_p(q["p_value"])] for q in result["pairs"]])
          if result.get("pairs") else ""),
         ("Accuracy vs latency", figure(plot, "accuracy against latency")),
         ("Published figures", published if result["published"] else ""),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from imgclf.evaluate.stats import format_interval
+
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
@@ -36,23 +38,14 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
             f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>{''.join(parts)}</body></html>\n")
 
 
-def interval(value: float, ci: list[float] | tuple[float, float]) -> str:
-    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
-
-
-def p_value(p: float) -> str:
-    """A p-value in 3 significant digits; one too small for a float reads as < 1e-300, not 0."""
-    return f"{p:.3g}" if p > 0 else "< 1e-300"
-
-
 def render_report(r: dict, figures: dict[str, bytes]) -> str:
     """The evaluation report of evaluate_run as one HTML document."""
     ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
     train = r["training"]["summary"]
     headline = table(["metric", "value"], [
         ["samples", f"{r['samples']:,} ({r['dataset']} {r['split']})"],
-        ["accuracy [95% bootstrap CI]", interval(r["accuracy"], ci["accuracy"])],
-        ["macro F1 [95% bootstrap CI]", interval(r["macro"]["f1"], ci["macro_f1"])],
+        ["accuracy [95% bootstrap CI]", format_interval(r["accuracy"], ci["accuracy"])],
+        ["macro F1 [95% bootstrap CI]", format_interval(r["macro"]["f1"], ci["macro_f1"])],
         [f"top-{r['top_k']['k']} accuracy", r["top_k"]["accuracy"]], ["log loss", r["log_loss"]],
         ["ROC AUC macro / micro", f"{_num(r['macro_auc'])} / {_num(r['micro_auc'])}"],
         ["ECE (15 bins) before / after temperature", f"{temp['ece_uncalibrated']:.4f} / {r['calibration']['ece']:.4f}"],

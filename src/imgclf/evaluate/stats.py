@@ -1,4 +1,5 @@
-"""Uncertainty and significance: bootstrap confidence intervals, McNemar's exact test, mean and spread."""
+"""Uncertainty and significance: bootstrap confidence intervals, McNemar's exact test, mean and spread, and
+how intervals and p-values read in every report."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     c = int((~correct_a & correct_b).sum())
     p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"a_only": b, "b_only": c, "p_value": p}
+
+
+def format_interval(value: float, ci: list[float] | tuple[float, float]) -> str:
+    """An estimate and its interval as every report shows them: 0.9712 [0.9680, 0.9745]."""
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def format_p(p: float) -> str:
+    """A p-value in 3 significant digits; one too small for a float reads as < 1e-300, not 0."""
+    return f"{p:.3g}" if p > 0 else "< 1e-300"
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -26,7 +26,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise ImgclfError(f"refusing to load {path}: it is not a plain tensor file and loading it could run "
-                          f"code ({str(err).splitlines()[0]}). Convert it to .safetensors where you trust it.") from err
+                          f"code ({first_line(err)}). Convert it to .safetensors where you trust it.") from err
     if isinstance(state, dict):  # a training checkpoint: {"state_dict": ..., "epoch": ...} (or "model": ...)
         state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

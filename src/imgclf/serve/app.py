@@ -27,7 +27,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from imgclf.data.transforms import Preprocess, image_to_tensor
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 from imgclf.serve.batcher import Batcher, Overloaded
@@ -253,7 +253,7 @@ class Service:
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(None, self.load, target)
             except Exception as err:  # a damaged or foreign file: say why, keep the current model
-                raise ApiError(422, f"cannot load {name} ({str(err).splitlines()[0]}); still serving "
+                raise ApiError(422, f"cannot load {name} ({first_line(err)}); still serving "
                                     f"{self.current.name} {self.current.version}.") from None
             self.current = loaded
         log.info("reloaded: now serving %s (version %s)", loaded.name, loaded.version)

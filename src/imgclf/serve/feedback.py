@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf.data.transforms import image_to_tensor
 from imgclf.database import database_url, without_password
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 
 try:
     from sqlalchemy import (
@@ -142,7 +142,7 @@ class FeedbackStore:
             migrate(self.engine)
         except DBAPIError as err:
             self.engine.dispose()
-            raise StoreError(f"cannot open the feedback database {self.where}: {_first_line(err)}") from err
+            raise StoreError(f"cannot open the feedback database {self.where}: {_reason(err)}") from err
         except BaseException:
             self.engine.dispose()
             raise
@@ -167,14 +167,15 @@ class FeedbackStore:
                                    .where(FEEDBACK.c.idempotency_key == idempotency_key)).one()
                 return first.id, Stored(False, first.label)
         except SQLAlchemyError as err:  # the database is down, locked for too long, or the pool is exhausted
-            raise StoreError(f"feedback not stored in {self.where}: {_first_line(err)}") from err
+            raise StoreError(f"feedback not stored in {self.where}: {_reason(err)}") from err
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def _first_line(err: SQLAlchemyError) -> str:
-    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+def _reason(err: SQLAlchemyError) -> str:
+    """The first line of the database driver's own message (SQLAlchemy wraps it in lines of its own)."""
+    return first_line(getattr(err, "orig", None) or err)
 
 
 @contextmanager
@@ -186,7 +187,7 @@ def _reading(target: str | Path) -> Iterator[Connection]:
             db.execute(select(func.count()).select_from(FEEDBACK))
             yield db
     except DBAPIError as err:
-        raise ImgclfError(f"cannot read {_where(engine)} as an imgclf feedback database ({_first_line(err)}).") from err
+        raise ImgclfError(f"cannot read {_where(engine)} as an imgclf feedback database ({_reason(err)}).") from err
     finally:
         engine.dispose()
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,8 +60,9 @@ class Group:
         dist.all_reduce(total)
         return total.tolist()
 
-    def first(self, reasons: tuple[str, ...], reason: str, device: torch.device) -> str:
-        """Agree on a reason to stop: the last of `reasons` that any process has (reasons[0], "", is none)."""
+    def most_urgent(self, reasons: tuple[str, ...], reason: str, device: torch.device) -> str:
+        """Agree on a reason to stop: of the reasons the processes have, the one latest in `reasons` (which lists
+        them least urgent first; reasons[0], "", is none)."""
         if not self.active:
             return reason
         code = torch.tensor([reasons.index(reason)], device=device)
@@ -131,7 +132,7 @@ def join(device: torch.device, timeout: float) -> Group:
         except dist.DistError as err:
             raise ImgclfError(
                 f"process {group.rank} waited train.dist_timeout ({timeout:g} s) for the {world} processes of this "
-                f"run to join, and not all did ({str(err).strip().splitlines()[0]}). Start every process (torchrun "
+                f"run to join, and not all did ({first_line(err)}). Start every process (torchrun "
                 "does), check MASTER_ADDR and MASTER_PORT, or raise train.dist_timeout.") from err
         log.info("process %d of %d joined (%s)", group.rank, world, backend)
     return group

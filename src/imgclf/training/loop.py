@@ -35,7 +35,7 @@ from imgclf.data import (
     with_extra,
 )
 from imgclf.device import pick_device
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, first_line
 from imgclf.models import create_model
 from imgclf.models.summary import collapsed_note
 from imgclf.predict import predict_logits
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # settings a resumed run may change: where the data is and how it is read, and when to stop
 _RESUMABLE = {"data": {"data_dir", "num_workers"},
               "train": {"epochs", "time", "early_stop", "device", "dist_timeout"}}
-_STOPS = ("", "interrupted", "time budget", "max steps")  # why a session ends before its last step
+_STOPS = ("", "max steps", "time budget", "interrupted")  # why a session ends before its last step, least urgent first
 
 
 class TrainingError(ImgclfError):
@@ -107,7 +107,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
         saved = (f"The last checkpoint is in {folder}: continue with `torchrun ... -m imgclf train --resume "
                  f"{folder}`." if folder else "Nothing was saved yet.")
         raise LostProcess(f"process {group.rank} of {group.world} lost the other processes of this run "
-                          f"({str(err).strip().splitlines()[0]}); one of them failed or stopped, see its own "
+                          f"({first_line(err)}); one of them failed or stopped, see its own "
                           f"error. {saved}") from err
     finally:
         leave(group)
@@ -291,7 +291,7 @@ class Trainer:
             self.model.load_state_dict(source.state_dict())
         except RuntimeError as err:
             raise ImgclfError(f"model.init {run} is a {meta['architecture']['name']} that does not fit "
-                              f"{self.config.model.name} as configured ({str(err).splitlines()[0]}).") from err
+                              f"{self.config.model.name} as configured ({first_line(err)}).") from err
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -311,7 +311,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
         except Exception as err:  # a truncated or damaged file: say so, never start over silently
-            raise TrainingError(f"{path} is damaged and cannot be resumed ({str(err).splitlines()[0]}). The "
+            raise TrainingError(f"{path} is damaged and cannot be resumed ({first_line(err)}). The "
                                 f"best model so far is still in {self.folder / 'model.safetensors'}; start a new "
                                 "run to train further.") from err
         self.model.load_state_dict(state["model"])
@@ -407,7 +407,7 @@ class Trainer:
                 reason = ("interrupted" if self.interrupted else
                           "time budget" if self.budget and time.monotonic() - self.session_start >= self.budget else
                           "max steps" if max_steps is not None and self.step - steps_at_start >= max_steps else "")
-                reason = self.group.first(_STOPS, reason, self.device)  # all processes stop after the same step
+                reason = self.group.most_urgent(_STOPS, reason, self.device)  # all processes stop after the same step
                 if reason:
                     return reason
         return ""
