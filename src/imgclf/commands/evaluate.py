@@ -27,14 +27,15 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluate.evaluation import evaluate_run
+    from imgclf.evaluate.stats import format_interval
 
     r, html = evaluate_run(args.run_dir, source=args.source, data_dir=args.data_dir, split=args.split,
                            calibrate=args.calibrate, resamples=args.resamples, seed=args.seed, device=args.device,
                            latency_runs=args.latency_runs, out=args.out, progress=not args.quiet, tta=args.tta)
     ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
     print(f"{r['model']} on {r['dataset']} {r['split']} ({r['samples']:,} images)")
-    print(f"accuracy   {r['accuracy']:.4f}  [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}] 95% bootstrap CI")
-    print(f"macro F1   {r['macro']['f1']:.4f}  [{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]")
+    print(f"accuracy   {format_interval(r['accuracy'], ci['accuracy'])} 95% bootstrap CI")
+    print(f"macro F1   {format_interval(r['macro']['f1'], ci['macro_f1'])}")
     print(f"top-{r['top_k']['k']}      {r['top_k']['accuracy']:.4f}   log loss {r['log_loss']:.4f}   ROC AUC macro "
           + ("n/a" if r["macro_auc"] is None else f"{r['macro_auc']:.4f}"))
     print(f"ECE        {temp['ece_uncalibrated']:.4f} uncalibrated, {r['calibration']['ece']:.4f} at temperature "
@@ -54,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     from imgclf.evaluate.compare import compare_runs
-    from imgclf.evaluate.report import p_value
+    from imgclf.evaluate.stats import format_interval, format_p
 
     result, html = compare_runs(args.runs, source=args.source, data_dir=args.data_dir, split=args.split,
                                 resamples=args.resamples, seed=args.seed, device=args.device,
@@ -64,9 +65,8 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"{result['dataset']} {result['split']}, {result['samples']:,} images, 95% bootstrap CIs")
     print(f"{'run':<{width}}  {'accuracy [95% CI]':<26}{'macro F1':>9}{'params':>12}{'p50 ms':>9}  McNemar p vs best")
     for e in board:
-        low, high = e["ci"]["accuracy"]
-        versus = "best" if e["vs_best"] is None else p_value(e["vs_best"]["p_value"])
-        print(f"{e['name']:<{width}}  {e['accuracy']:.4f} [{low:.4f}, {high:.4f}]  {e['macro_f1']:>9.4f}"
+        versus = "best" if e["vs_best"] is None else format_p(e["vs_best"]["p_value"])
+        print(f"{e['name']:<{width}}  {format_interval(e['accuracy'], e['ci']['accuracy'])}  {e['macro_f1']:>9.4f}"
               f"{e['params']:>12,}{e['latency_ms']['p50']:>9.2f}  {versus}")
     for p in result["published"]:
         print(f"published: {p['model']} {p['accuracy']:.4f} ({p['source'].split(',')[0]} et al.)")

@@ -42,7 +42,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 def _export(args: argparse.Namespace) -> None:
     from imgclf.export import export_run
 
-    path, info = export_run(args.run_dir, args.format, quantize=args.quantize, opset=args.opset,
+    info, path = export_run(args.run_dir, args.format, quantize=args.quantize, opset=args.opset,
                             embed_normalization=args.embed_normalization,
                             out=args.out, data_dir=args.data_dir, tolerance=args.tolerance)
     parity = info["parity"]

@@ -28,6 +28,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
+    from imgclf.evaluate.stats import format_p
     from imgclf.retrain import retrain
 
     r = retrain(args.run_dir, args.feedback, epochs=args.epochs, lr_factor=args.lr_factor, holdout=args.holdout,
@@ -38,6 +39,6 @@ def _retrain(args: argparse.Namespace) -> None:
     for when in ("before", "after"):
         test, held = r[when]["test"], r[when]["feedback"]
         print(f"{when:<8}{test['accuracy']:>16.4f}{held['accuracy']:>12.4f} of {held['images']:<5}  {r[when]['run']}")
-    print(f"McNemar p on the test split: {r['test_mcnemar']['p_value']:.3g}")
+    print(f"McNemar p on the test split: {format_p(r['test_mcnemar']['p_value'])}")
     print(("promoted: " if r["promoted"] else "not promoted: ") + r["reason"]
           + (f" (CURRENT in {Path(r['after']['run']).parent} names it)" if r["promoted"] else ""))

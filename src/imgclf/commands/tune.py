@@ -30,6 +30,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
+    from imgclf.evaluate.stats import format_interval
     from imgclf.training import parse_duration
     from imgclf.tune import SPACES, load_space, model_space, tune, without_given
 
@@ -56,8 +57,8 @@ def _tune(args: argparse.Namespace) -> None:
     if test is None:
         print(f"the best trial's run {best['run']} is on another machine: score it there with imgclf evaluate")
     else:
-        print(f"test accuracy of the best configuration: {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.4f}, "
-              f"{test['accuracy_ci'][1]:.4f}] 95% CI (imgclf evaluate {best['run']} for the full report)")
+        print(f"test accuracy of the best configuration: {format_interval(test['accuracy'], test['accuracy_ci'])} "
+              f"95% CI (imgclf evaluate {best['run']} for the full report)")
     print(f"study: {result['study']} (trials.csv, best.yaml: imgclf train --config {result['study']}/best.yaml)")
 
 
