@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from imgclf.attacks import ATTACKS, pgd
-from imgclf.config import Config, absolute_paths, load_config
+from imgclf.attacks import pgd
+from imgclf.config import Config, absolute_paths, check_config, load_config
 from imgclf.data import (
     FileSplit,
     Split,
@@ -36,7 +36,7 @@ from imgclf.data import (
 )
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
-from imgclf.models import create_model
+from imgclf.models import create_model, model_entry
 from imgclf.models.summary import collapsed_note
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
@@ -162,39 +162,13 @@ def _ema_with_warmup(decay: float):
 
 
 def check_settings(config: Config) -> None:
-    """Out-of-range values, each with one sentence, before anything is loaded or written."""
-    cfg, data = config.train, config.data
-    checks = [
-        (cfg.batch_size >= 1, f"train.batch_size must be at least 1, got {cfg.batch_size}"),
-        (math.isfinite(cfg.epochs) and cfg.epochs > 0, f"train.epochs must be a positive number, got {cfg.epochs}"),
-        (math.isfinite(cfg.lr) and cfg.lr >= 0, f"train.lr must be zero or positive, got {cfg.lr}"),
-        (0 <= cfg.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}"),
-        (cfg.step_epochs >= 1, f"train.step_epochs must be at least 1, got {cfg.step_epochs}"),
-        (cfg.ema is None or 0 < cfg.ema < 1, f"train.ema must be between 0 and 1, e.g. 0.999, got {cfg.ema}"),
-        (cfg.clip is None or cfg.clip > 0, f"train.clip must be positive, got {cfg.clip}"),
-        (cfg.freeze_epochs >= 0 and cfg.backbone_lr >= 0, "train.freeze_epochs and train.backbone_lr must be >= 0"),
-        (cfg.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16: {cfg.precision!r}"),
-        (cfg.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}"),
-        (cfg.monitor in ("val_acc", "val_loss"), f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}"),
-        (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
-        (data.test_fraction is None or (data.test_fraction >= 0 and data.val_fraction + data.test_fraction < 1),
-         f"data.test_fraction must be 0 or more and leave training images beside data.val_fraction, got "
-         f"{data.test_fraction} with val_fraction {data.val_fraction}"),
-        (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
-        (cfg.adversarial in ("none", *ATTACKS), f"train.adversarial must be none, fgsm or pgd: {cfg.adversarial!r}"),
-        (0 < cfg.eps <= 1, f"train.eps is in pixel units of images scaled to [0, 1]: (0, 1], got {cfg.eps}"),
-        (cfg.attack_steps >= 1, f"train.attack_steps must be at least 1, got {cfg.attack_steps}"),
-        (data.noise >= 0, f"data.noise must be 0 or more (a std in pixel units), got {data.noise}"),
-        (data.num_workers >= 0, f"data.num_workers must be 0 or more, got {data.num_workers}"),
-        (cfg.dist_timeout > 0, f"train.dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}"),
-        (data.folds is None or 0 <= data.fold < data.folds >= 2,
-         f"data.folds must be at least 2 and data.fold in 0..folds-1, got folds {data.folds}, fold {data.fold}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ImgclfError(message + ".")
-    if cfg.time is not None and parse_duration(cfg.time) <= 0:
-        raise ImgclfError(f"train.time must be a positive duration such as 5m, got {cfg.time!r}.")
+    """The config's values (config.py's rules), its model and its time budget, before anything is loaded or
+    written."""
+    check_config(config)
+    if config.model.name != "auto":
+        model_entry(config.model.name)
+    if config.train.time is not None and parse_duration(config.train.time) <= 0:
+        raise ImgclfError(f"train.time must be a positive duration such as 5m, got {config.train.time!r}.")
 
 
 class Trainer:
