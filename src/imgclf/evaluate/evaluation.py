@@ -1,5 +1,8 @@
 """`imgclf evaluate`: a trained model on a labelled split -> every metric with its uncertainty, calibration,
-efficiency and training history, written as report.json and a standalone report.html."""
+efficiency and training history, written as report.json and a standalone report.html.
+
+In three steps: load (open_run, on the data a ScoreOn names), compute (predict -> Predictions, then
+evaluate -> EvalReport; compare.compare takes the same Predictions) and write (write_report)."""
 
 from __future__ import annotations
 
