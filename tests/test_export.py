@@ -25,7 +25,7 @@ CLASSES = [str(d) for d in range(10)]
 
 
 def _run_dir(folder, mnist_dir, name: str, size: int = 28):
-    """A run directory holding an untrained `name` for MNIST (parity does not need a mnist_run model)."""
+    """A run directory holding an untrained `name` for MNIST (parity does not need a trained model)."""
     folder.mkdir(parents=True)
     model = create_model(name, 10, 1, size).eval()
     save_model(folder, model, CLASSES, Preprocess((size, size), 1, (0.1307,), (0.3081,)), dataset="mnist")
@@ -82,13 +82,13 @@ def test_exported_models_predict_and_evaluate_like_the_run(mnist_run, tmp_path, 
     report, html = evaluate_run(onnx_path, resamples=20, latency_runs=3)
     assert html.parent == tmp_path / "onnx" / "report-model.onnx"  # not over the run's own report
     summary = json.loads((mnist_run / "summary.json").read_text())
-    assert report["accuracy"] == summary["test_acc"] and report["samples"] == 10_000
-    assert report["model_file"] == str(onnx_path)
-    assert report["efficiency"]["flops"] == 2 * summarize(load_model(mnist_run)[0], (1, 28, 28)).macs
-    assert report["efficiency"]["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
+    assert report.accuracy == summary["test_acc"] and report.samples == 10_000
+    assert report.model_file == str(onnx_path)
+    assert report.efficiency["flops"] == 2 * summarize(load_model(mnist_run)[0], (1, 28, 28)).macs
+    assert report.efficiency["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
     result, _ = compare_runs([mnist_run, script_path], out=tmp_path / "cmp", resamples=20, latency_runs=3)
-    assert {e["name"] for e in result["leaderboard"]} == {"fast", "ts/model.torchscript.pt"}
-    assert result["leaderboard"][1]["vs_best"]["p_value"] == 1.0  # the same answers on every image
+    assert {e.name for e in result.leaderboard} == {"fast", "ts/model.torchscript.pt"}
+    assert result.leaderboard[1].vs_best["p_value"] == 1.0  # the same answers on every image
 
 
 def test_int8_keeps_accuracy_and_shrinks_the_file(mnist_run, tmp_path):
