@@ -22,11 +22,12 @@ from imgclf.evaluate import plots
 from imgclf.evaluate.compare import compare_runs
 from imgclf.evaluate.evaluation import evaluate_run, robustness_record
 from imgclf.evaluate.report import figure, page, table
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.models import create_model
 from imgclf.models.summary import summarize
 from imgclf.robustness import CORRUPTIONS, robustness
 from imgclf.rundir import atomic_write
-from imgclf.training import train
+from imgclf.training import RunSummary, train
 from imgclf.tune import tune
 
 log = logging.getLogger(__name__)
@@ -158,15 +159,15 @@ def _pretrained_available(config: Config) -> bool:
 def _train(entry: Entry, progress: bool) -> None:
     """Train the entry's run, or resume it if a previous study was stopped part-way; a finished run is kept."""
     folder = Path(entry.config.out) / entry.name
-    summary = folder / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("stopped") in ("done", "early stopping"):
+    summary = RunSummary.read(folder)
+    if summary is not None and summary.stopped.finished:
         log.info("%s: trained before, kept", entry.name)
         return
     log.info("training %s: %s", entry.name, entry.label)
     resume = folder if (folder / "state.pt").is_file() else None
     run = train(None if resume else entry.config, resume=resume, progress=progress)
-    if run.summary["stopped"] not in ("done", "early stopping"):
-        raise ImgclfError(f"{entry.name} stopped ({run.summary['stopped']}); run the study again to continue it.")
+    if not run.summary.stopped.finished:
+        raise ImgclfError(f"{entry.name} stopped ({run.summary.stopped}); run the study again to continue it.")
 
 
 def _evaluate(folder: Path, b: Budget, data_dir, device: str, progress: bool) -> dict:
@@ -306,26 +307,32 @@ def _sections(r: dict, out: Path) -> list[tuple[str, str, list[str], list[list],
 
 
 def _row_iv(name: str, label: str, note: str, rep: dict, entry: dict) -> list:
-    ci, eff, robust = rep["confidence_intervals"], rep["efficiency"], rep.get("robustness") or {}
-    attacks = robust.get("attacks", {})
-    attacked = " / ".join(f"{attacks[a]['accuracy_by_eps'].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd")
-                          if a in attacks)
+    ci, eff = rep["confidence_intervals"], rep["efficiency"]
+    robust = RobustnessReport.from_json(rep["robustness"]) if rep.get("robustness") else None
+    attacks = robust.attacks if robust else {}
+    attacked = " / ".join(f"{attacks[a].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd") if a in attacks)
     vs = entry["vs_best"]
     return [label, note, _ci(rep["accuracy"], ci["accuracy"]), f"{rep['macro']['precision']:.4f}",
             f"{rep['macro']['recall']:.4f}", _ci(rep["macro"]["f1"], ci["macro_f1"]), f"{rep['macro_auc']:.5f}",
             f"{rep['calibration']['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
             f"{eff['throughput']['images_per_second']:,.0f}",
-            f"{rep['training']['summary'].get('train_seconds', 0):.0f}",
+            f"{_train_seconds(rep):.0f}",
             f"{eff['params']:,}", f"{eff['macs'] / 1e6:.1f}M",
-            f"{robust['mean_corruption_accuracy']:.3f}" if robust else "", attacked,
+            f"{robust.mean_corruption_accuracy:.3f}" if robust else "", attacked,
             "best" if vs is None else f"{_p(vs['p_value'])} ({vs['a_only']} vs {vs['b_only']})"]
+
+
+def _train_seconds(rep: dict) -> float:
+    """The training seconds in a run's report (0 for a run without a summary)."""
+    summary = rep["training"]["summary"]
+    return RunSummary.from_json(summary).train_seconds if summary else 0
 
 
 def _answer(r: dict, labels: dict) -> str:
     """The paper's question, "which architecture, at what cost", in sentences computed from the tables."""
     reports, board = r["reports"], r["compare"]["leaderboard"]
     best = board[0]
-    seconds = {n: rep["training"]["summary"].get("train_seconds", 0) for n, rep in reports.items()}
+    seconds = {n: _train_seconds(rep) for n, rep in reports.items()}
     latency = {n: rep["efficiency"]["latency_ms"]["p50"] for n, rep in reports.items()}
     tied = [e for e in board[1:] if e["vs_best"]["p_value"] >= 0.05]
     cheapest = min([best, *tied], key=lambda e: seconds[e["name"]])

@@ -54,7 +54,7 @@ def test_report_on_a_real_run_has_every_number_and_section(runs, tmp_path):
     report, html_path = evaluate_run(run.path / "model.json", resamples=200, latency_runs=5, out=tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(report))  # every number of the report is in report.json
-    assert report["samples"] == 10_000 and report["accuracy"] == pytest.approx(run.summary["test_acc"])
+    assert report["samples"] == 10_000 and report["accuracy"] == pytest.approx(run.summary.test_acc)
     low, high = report["confidence_intervals"]["accuracy"]
     assert low < report["accuracy"] < high and high - low < 0.03
     assert 0 < report["calibration"]["ece"] < 0.2 and len(report["calibration"]["bins"]["count"]) == 15

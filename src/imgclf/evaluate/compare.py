@@ -17,13 +17,14 @@ from imgclf.evaluate.evaluation import (
     eval_data,
     fingerprint,
     robustness_record,
-    training_record,
 )
 from imgclf.evaluate.report import figure, interval, p_value, page, table
+from imgclf.evaluate.robustness_report import RobustnessHeadline
 from imgclf.evaluate.stats import mcnemar, scores
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import open_model
+from imgclf.training.summary import RunSummary
 
 # Published test accuracies, for context only: other training setups, not runs of this tool.
 PUBLISHED = {
@@ -68,14 +69,15 @@ def compare_runs(runs: list[str | Path], *, source: str | None = None, data_dir:
         predicted = probs.argmax(axis=1)
         outcomes.append(predicted == data.targets)
         speed = efficiency(model, meta, folder, data.split, target, latency_runs)
+        summary, robust = RunSummary.read(folder), robustness_record(folder, meta)
         entries.append({
             "name": folder.name if Path(run).is_dir() else f"{folder.name}/{Path(run).name}", "run": str(run),
             "model": meta["architecture"]["name"],
             **scores(data.targets, predicted, len(meta["classes"]), resamples, seed),
             "ece": metrics.calibration(probs, data.targets)["ece"], "params": speed["params"],
             "flops": speed["flops"], "latency_ms": speed["latency_ms"], "throughput": speed["throughput"],
-            "train_seconds": training_record(folder)["summary"].get("train_seconds"),
-            "robustness": (robustness_record(folder, meta) or {}).get("headline")})
+            "train_seconds": summary.train_seconds if summary else None,
+            "robustness": robust.headline.to_json() if robust else None})
     best = int(np.argmax([e["accuracy"] for e in entries]))
     for entry, correct in zip(entries, outcomes, strict=True):
         entry["vs_best"] = None if entry is entries[best] else mcnemar(outcomes[best], correct)
@@ -110,10 +112,11 @@ def render_comparison(result: dict) -> str:
                "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"]
     if any(e["robustness"] for e in board):  # measured by imgclf robustness on some of the runs
         headers += ["mean corruption accuracy", "PGD accuracy (eps)"]
+        unmeasured = RobustnessHeadline(None, None, None)
         for row, e in zip(rows, board, strict=True):
-            r = e["robustness"] or {}
-            row += [r.get("mean_corruption_accuracy"),
-                    None if r.get("pgd_accuracy") is None else f"{r['pgd_accuracy']:.4f} ({r['pgd_eps']})"]
+            r = RobustnessHeadline.from_json(e["robustness"]) if e["robustness"] else unmeasured
+            row += [r.mean_corruption_accuracy,
+                    None if r.pgd_accuracy is None else f"{r.pgd_accuracy:.4f} ({r.pgd_eps})"]
     leaderboard = table(headers, rows)
     plot = plots.accuracy_latency_plot(board)
     published = table(["model (published, not run here)", "test accuracy", "source"],

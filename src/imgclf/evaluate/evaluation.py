@@ -21,11 +21,13 @@ from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
+from imgclf.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
@@ -215,32 +217,26 @@ def efficiency(model: Classifier, meta: dict, folder: Path, split: Split, device
 
 def training_record(folder: Path) -> dict:
     """The run's summary.json and metrics.csv rows (numbers as floats), where present."""
-    record: dict = {"summary": {}, "history": []}
-    if (folder / "summary.json").is_file():
-        record["summary"] = json.loads((folder / "summary.json").read_text())
+    summary = RunSummary.read(folder)
+    record: dict = {"summary": summary.to_json() if summary else {}, "history": []}
     if (folder / "metrics.csv").is_file():
         with (folder / "metrics.csv").open(newline="") as f:
             record["history"] = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return record
 
 
-def robustness_record(folder: Path, meta: dict) -> dict | None:
-    """The run's robustness.json (written by imgclf robustness) with a headline, if it measured these weights."""
+def robustness_record(folder: Path, meta: dict) -> RobustnessReport | None:
+    """The run's robustness.json (written by imgclf robustness), if it measured these weights."""
     path = folder / "robustness.json"
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text())
-        measured = report["sha256"]
-        pgd = report["attacks"].get("pgd", {}).get("accuracy_by_eps", {})
-        largest = max(pgd, key=float, default=None)
-        report["headline"] = {"mean_corruption_accuracy": report["mean_corruption_accuracy"],
-                              "pgd_eps": None if largest is None else float(largest),
-                              "pgd_accuracy": None if largest is None else pgd[largest]}
+        report = RobustnessReport.from_json(json.loads(path.read_text()))
+        report.headline  # noqa: B018 -- eps that are not numbers fail here, not later in a report
     except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s is damaged and left out of the report; run imgclf robustness again", path)
         return None
-    if measured != meta.get("sha256"):
+    if report.sha256 != meta.get("sha256"):
         log.warning("%s measured other weights than %s's and is left out; run imgclf robustness again", path, folder)
         return None
     return report
@@ -298,6 +294,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
     curves = report.pop("curves")
     uncalibrated = metrics.calibration(raw, data.targets)
     predicted = probs.argmax(axis=1)
+    robust = robustness_record(folder, meta)
     report.update({
         "run": str(folder), "model_file": str(run) if exported else str(folder / "model.safetensors"),
         "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": data.name,
@@ -309,7 +306,7 @@ def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | 
         "efficiency": efficiency(model, meta, folder, data.split, target, latency_runs),
         "training": training_record(folder),
         "misclassified": _misclassified(probs, data.targets, classes),
-        "robustness": robustness_record(folder, meta),
+        "robustness": None if robust is None else {**robust.to_json(), "headline": robust.headline.to_json()},
         "tta": tta, "notes": input_notes(data.split, pre) + (
             ["scored with test-time augmentation: the mean of each image's and its mirror image's logits (latency "
              "and throughput are of one pass)"] if tta else []),
@@ -349,7 +346,7 @@ def _figures(report: dict, curves: dict, uncalibrated: dict, data: EvalData, pre
     if history:
         figures["curves"] = plots.training_curves(history)
     if report["robustness"]:
-        figures["robustness"] = plots.robustness_plot(report["robustness"])
+        figures["robustness"] = plots.robustness_plot(RobustnessReport.from_json(report["robustness"]))
     if report["misclassified"]:
         shown = report["misclassified"]
         images = [pre.prepare(data.split[m["index"]][0]).numpy() for m in shown]
