@@ -9,7 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from imgclf.cli import _text_table, main
+from imgclf.cli import main
+from imgclf.commands.tune import text_table
 from imgclf.config import load_config
 from imgclf.errors import ImgclfError
 from imgclf.training import StopReason, train
@@ -209,7 +210,7 @@ def _columns_apart(lines: list[str]) -> bool:
 def test_the_summary_table_keeps_its_columns_apart():
     rows = [["model.options.a_very_long_parameter_name", ", ".join(f"0.00{i}123456" for i in range(9)), "x" * 60],
             ["train.lr", "0.001, 0.01", "0.01"]]
-    lines = _text_table(["parameter", "values tested", "best"], rows)
+    lines = text_table(["parameter", "values tested", "best"], rows)
     assert _columns_apart(lines) and all(len(cell) <= 48 for cell in lines[1].split("  ") if cell)
     assert lines[1].split()[-1] == "x" * 46 + ".." and lines[2].split() == ["train.lr", "0.001,", "0.01", "0.01"]
 

@@ -201,7 +201,7 @@ def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
 
 def test_corrections_sent_with_an_image_count_with_what_the_served_model_said(mnist_run, digits, tmp_path, capsys):
     _, paths = digits
-    said = [top[0][0] for top in predict_files(mnist_run, paths[:3])]
+    said = [p.top[0][0] for p in predict_files(mnist_run, paths[:3])]
     sent = [(0, str((int(said[0]) + 1) % 10)), (0, str((int(said[0]) + 1) % 10)), (1, str((int(said[1]) + 3) % 10)),
             (2, said[2])]  # two corrections of one image, one of another, one that agrees with the model
     db = tmp_path / "f.db"
