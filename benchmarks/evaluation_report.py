@@ -10,11 +10,13 @@ markdown table per step. The runs and reports stay in --out (default: a temporar
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from imgclf.evaluate.compare import Comparison
+from imgclf.evaluate.evaluation import EvalReport
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
@@ -41,21 +43,21 @@ def main() -> None:
           "| worst class | p50 / p99 latency (ms) | images/s at batch 256 |")
     print("|---|---|---|---|---|---|---|---|")
     for name, _, _ in RECIPES:
-        r = json.loads((args.out / name / "report.json").read_text())
-        ci, lat, fair = r["confidence_intervals"], r["efficiency"]["latency_ms"], r["fairness"]
-        print(f"| {name} | {_ci(r['accuracy'], ci['accuracy'])} | {_ci(r['macro']['f1'], ci['macro_f1'])} "
-              f"| {r['temperature']['ece_uncalibrated']:.4f} -> {r['calibration']['ece']:.4f} "
-              f"| {r['temperature']['value']:.3f} | {fair['worst_class']}: {fair['worst_accuracy']:.4f} "
-              f"| {lat['p50']:.2f} / {lat['p99']:.2f} | {r['efficiency']['throughput']['images_per_second']:,.0f} |")
+        r = EvalReport.load(args.out / name / "report.json")
+        ci, lat, fair = r.confidence_intervals, r.efficiency["latency_ms"], r.fairness
+        print(f"| {name} | {_ci(r.accuracy, ci['accuracy'])} | {_ci(r.macro['f1'], ci['macro_f1'])} "
+              f"| {r.temperature['ece_uncalibrated']:.4f} -> {r.calibration['ece']:.4f} "
+              f"| {r.temperature['value']:.3f} | {fair['worst_class']}: {fair['worst_accuracy']:.4f} "
+              f"| {lat['p50']:.2f} / {lat['p99']:.2f} | {r.efficiency['throughput']['images_per_second']:,.0f} |")
     subprocess.run([IMGCLF, "compare", *(str(args.out / n) for n, _, _ in RECIPES), "--out", str(args.out), "-q"],
                    check=True, stdout=subprocess.DEVNULL)
-    result = json.loads((args.out / "compare.json").read_text())
-    print(f"\n| rank | run | accuracy | McNemar p vs best ({result['best']}) | best right only / this right only |")
+    result = Comparison.load(args.out / "compare.json")
+    print(f"\n| rank | run | accuracy | McNemar p vs best ({result.best}) | best right only / this right only |")
     print("|---|---|---|---|---|")
-    for rank, e in enumerate(result["leaderboard"], 1):
-        versus = e["vs_best"] or {}
+    for rank, e in enumerate(result.leaderboard, 1):
+        versus = e.vs_best or {}
         p = f"{versus['p_value']:.3g}" if versus else "best"
-        print(f"| {rank} | {e['name']} | {e['accuracy']:.4f} | {p} "
+        print(f"| {rank} | {e.name} | {e.accuracy:.4f} | {p} "
               f"| {versus.get('a_only', '')} / {versus.get('b_only', '')} |")
     print(f"\nreports: {args.out}/<run>/report.html and {args.out}/compare.html")
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from imgclf.config import load_config
 from imgclf.evaluate.compare import compare_runs
+from imgclf.evaluate.evaluation import ScoreOn
 from imgclf.training import RunSummary, train
 from imgclf.training.recipe import photo_fast_recipe
 
@@ -97,19 +98,19 @@ def main() -> None:
                            "train.backbone_lr": args.backbone_lr},
             "scratch": {"train.freeze_epochs": 0, "train.backbone_lr": 1.0}}
     seconds = {name: run(out, name, {**recipe, **changes})[2] for name, changes in runs.items()}
-    result, _ = compare_runs([out / name for name in runs], source=f"folder:{DATA / 'hymenoptera'}", split="val",
+    result, _ = compare_runs([out / name for name in runs], ScoreOn(source=f"folder:{DATA / 'hymenoptera'}",
+                                                                    split="val"),
                              latency_runs=5, out=out, pairs=[("pretrained", "scratch")])
-    board = {e["name"]: e for e in result["leaderboard"]}
     print(f"{origin}\nhymenoptera: {args.model} at {args.size}px, {args.epochs:g} epochs, lr {recipe['train.lr']:g}, "
           f"seed {args.seed}; pretrained: head only for {args.freeze_epochs} epochs, then body lr x "
           f"{args.backbone_lr:g}\n")
     print("| start | val accuracy [95% CI] | training s |\n|---|---|---|")
     for name in runs:
-        low, high = board[name]["ci"]["accuracy"]
-        print(f"| {name} | {board[name]['accuracy']:.4f} [{low:.4f}, {high:.4f}] | {seconds[name]:.0f} |")
-    pair = result["pairs"][0]
-    print(f"\ndifference {board['pretrained']['accuracy'] - board['scratch']['accuracy']:+.4f} on "
-          f"{result['samples']} val images; McNemar exact p = {pair['p_value']:.3g} (pretrained right only "
+        low, high = result.entry(name).ci["accuracy"]
+        print(f"| {name} | {result.entry(name).accuracy:.4f} [{low:.4f}, {high:.4f}] | {seconds[name]:.0f} |")
+    pair = result.pairs[0]
+    print(f"\ndifference {result.entry('pretrained').accuracy - result.entry('scratch').accuracy:+.4f} on "
+          f"{result.samples} val images; McNemar exact p = {pair['p_value']:.3g} (pretrained right only "
           f"{pair['a_only']}, scratch right only {pair['b_only']}); {time.monotonic() - started:.0f} s in all, "
           f"{args.threads} threads; runs in {out}")
 

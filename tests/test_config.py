@@ -1,9 +1,27 @@
+import shutil
+import typing
+
 import pytest
 import yaml
 
+from imgclf.attacks import ATTACKS
 from imgclf.cli import main
-from imgclf.config import RECIPES, config_keys, load_config
+from imgclf.config import (
+    RECIPES,
+    Attack,
+    Augmentation,
+    Config,
+    TrainConfig,
+    check_config,
+    config_keys,
+    load_config,
+    with_overrides,
+)
+from imgclf.data import AUGMENT_PRESETS
 from imgclf.errors import ImgclfError
+
+TYPO = ["--train.precision", "bf61"]
+TYPO_ERROR = "error: config key train.precision must be one of fp32, bf16, fp16, got 'bf61'; did you mean bf16?"
 
 
 def _usage_error(argv: list[str], capsys) -> str:
@@ -57,3 +75,94 @@ def test_config_show_lists_every_key_with_value_default_and_meaning(capsys, tmp_
     (tmp_path / "shown.yaml").write_text(out)  # the listing is itself a recipe
     assert load_config(tmp_path / "shown.yaml") == load_config("folder")
     assert yaml.safe_load(out)["data"]["dataset"] == "folder:photos"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.schedule": "cosin"}, "config key train.schedule must be one of constant, step, plateau, cosine, onecycle, "
+                                  "got 'cosin'; did you mean cosine?"),
+    ({"data.augment": "nope"}, "data.augment must be one of auto, none, digits, photos, light, got 'nope'; did you "
+                               "mean none?"),
+    ({"train.optimizer": "Adam"}, "did you mean adam?"),
+    ({"model.freeze": "backbon"}, "model.freeze must be backbone, none or a number of stages, got 'backbon'; did "
+                                  "you mean backbone?"),
+    ({"train.device": "cdua"}, "did you mean cuda?"),
+    ({"data.val_fraction": 1}, "config key data.val_fraction must be in [0, 1), got 1."),
+    ({"train.batch_size": 0}, "config key train.batch_size must be at least 1, got 0."),
+    ({"train.lr": float("inf")}, "train.lr must be 0 or more"),
+    ({"data.channels": 2}, "data.channels must be one of 1, 3, got 2."),
+    ({"data.val_fraction": 0.5, "data.test_fraction": 0.5}, "data.val_fraction and data.test_fraction must leave "
+                                                            "training images"),
+    ({"data.folds": 3, "data.fold": 3}, "data.fold must be in 0..folds-1 (0 to 2), got 3."),
+])
+def test_allowed_values_and_ranges_are_checked_where_a_config_is_built(overrides, message):
+    for build in (lambda: load_config(None, overrides), lambda: with_overrides(Config(), overrides)):
+        with pytest.raises(ImgclfError) as err:
+            build()
+        assert message in str(err.value)
+    config = load_config(None, {"model.freeze": 2, "train.device": "cuda:1", "train.lr": 0, "data.folds": 3})
+    assert (config.model.freeze, config.train.device, config.train.lr, config.data.fold) == ("2", "cuda:1", 0.0, 0)
+    with pytest.raises(ImgclfError, match=r"train\.gamma must be between 0 and 1"):
+        check_config(Config(train=TrainConfig(gamma=2.0)))  # a config built in code
+
+
+def test_the_allowed_names_are_those_the_library_knows():
+    assert set(typing.get_args(Augmentation)) == {"auto", *AUGMENT_PRESETS}
+    assert set(typing.get_args(Attack)) == {"none", *ATTACKS}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty current folder: a command that fails at once leaves it empty."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.mark.parametrize("command, error", [
+    (["train", *TYPO], TYPO_ERROR), (["cv", "--folds", "2", *TYPO], TYPO_ERROR),
+    (["tune", "--space", "paper", *TYPO], TYPO_ERROR), (["lr-find", *TYPO], TYPO_ERROR),
+    (["train", "--model", "resnet-18"], "error: unknown model 'resnet-18'. Did you mean resnet18")])
+def test_a_config_typo_fails_every_command_before_data_is_read(command, error, workdir, capsys):
+    missing = f"folder:{workdir.parent / 'missing'}"  # reading the data would fail with another message
+    assert main([*command, "--dataset", missing]) == 1
+    assert capsys.readouterr().err.startswith(error)
+    assert not any(workdir.iterdir())
+
+
+def test_tune_checks_its_space_before_data_is_read_or_a_trial_runs(workdir, tmp_path, capsys):
+    from imgclf.tune import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("train.schedule: [cosine, cosin]\ntrain.lr: [0.01, 0.1]\n")
+    assert main(["tune", "--dataset", f"folder:{tmp_path / 'missing'}", "--space", str(space)]) == 1
+    assert "train.schedule must be one of constant, step, plateau, cosine, onecycle, got 'cosin'" in \
+           capsys.readouterr().err
+    with pytest.raises(ImgclfError, match=r"train\.time must be a positive duration"):
+        tune(load_config(None, {"out": str(workdir)}), {"train.time": ["0s", "5m"]})
+    assert not any(workdir.iterdir())
+
+
+def test_study_paper_checks_its_recipes_before_training(workdir, tmp_path, capsys):
+    recipes = shutil.copytree(RECIPES, tmp_path / "recipes")
+    paper = yaml.safe_load((recipes / "paper-cnn.yaml").read_text())
+    (recipes / "paper-cnn.yaml").write_text(yaml.safe_dump({**paper, "train": {**paper["train"], "precision": "bf61"}}))
+    assert main(["study", "paper", "--recipes", str(recipes), "--dataset", f"folder:{tmp_path / 'missing'}"]) == 1
+    assert capsys.readouterr().err.startswith(TYPO_ERROR)
+    assert main(["study", "paper", "--device", "gpu"]) == 1
+    assert "config key train.device must be auto, cpu, cuda (or cuda:N) or mps, got 'gpu'" in capsys.readouterr().err
+    assert not any(workdir.iterdir())
+
+
+def test_retrain_checks_the_config_before_exporting_feedback(workdir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = load_config(None, {"data.dataset": f"folder:{tmp_path / 'missing'}"}).to_dict()
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    retrain = ["retrain", str(run), "--feedback", str(tmp_path / "feedback.db"), "--out", str(workdir)]
+    assert main([*retrain, "--epochs", "0"]) == 1
+    assert capsys.readouterr().err.startswith("error: config key train.epochs must be a positive number, got 0.0.")
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "train": {**config["train"], "precision": "bf61"}}))
+    assert main(retrain) == 1
+    assert capsys.readouterr().err.startswith(TYPO_ERROR)
+    assert not any(workdir.iterdir())

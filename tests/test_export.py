@@ -92,13 +92,13 @@ def test_exported_models_predict_and_evaluate_like_the_run(trained, tmp_path, mn
     report, html = evaluate_run(onnx_path, resamples=20, latency_runs=3)
     assert html.parent == tmp_path / "onnx" / "report-model.onnx"  # not over the run's own report
     summary = json.loads((trained / "summary.json").read_text())
-    assert report["accuracy"] == summary["test_acc"] and report["samples"] == 10_000
-    assert report["model_file"] == str(onnx_path)
-    assert report["efficiency"]["flops"] == 2 * summarize(load_model(trained)[0], (1, 28, 28)).macs
-    assert report["efficiency"]["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
+    assert report.accuracy == summary["test_acc"] and report.samples == 10_000
+    assert report.model_file == str(onnx_path)
+    assert report.efficiency["flops"] == 2 * summarize(load_model(trained)[0], (1, 28, 28)).macs
+    assert report.efficiency["file_mb"] == pytest.approx(onnx_path.stat().st_size / 2**20, abs=1e-3)
     result, _ = compare_runs([trained, script_path], out=tmp_path / "cmp", resamples=20, latency_runs=3)
-    assert {e["name"] for e in result["leaderboard"]} == {"fast", "ts/model.torchscript.pt"}
-    assert result["leaderboard"][1]["vs_best"]["p_value"] == 1.0  # the same answers on every image
+    assert {e.name for e in result.leaderboard} == {"fast", "ts/model.torchscript.pt"}
+    assert result.leaderboard[1].vs_best["p_value"] == 1.0  # the same answers on every image
 
 
 def test_int8_keeps_accuracy_and_shrinks_the_file(trained, tmp_path):

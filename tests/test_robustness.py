@@ -110,11 +110,11 @@ def test_robustness_report_evaluate_and_compare_include_it(run, tmp_path):
     assert again.to_json()["corruptions"]["gaussian_noise"] == noise  # seeded: the same sample and the same noise
 
     evaluated, report_html = evaluate_run(run, resamples=20, latency_runs=2, out=tmp_path / "eval")
-    assert evaluated["robustness"]["headline"] == {"mean_corruption_accuracy": saved["mean_corruption_accuracy"],
+    assert evaluated.robustness["headline"] == {"mean_corruption_accuracy": saved["mean_corruption_accuracy"],
                                                    "pgd_eps": 0.3, "pgd_accuracy": pgd_acc["0.3"]}
     assert 'id="robustness"' in report_html.read_text()
     compared, compare_html = compare_runs([run, run], resamples=20, latency_runs=2, out=tmp_path / "cmp")
-    assert compared["leaderboard"][0]["robustness"]["pgd_accuracy"] == pgd_acc["0.3"]
+    assert compared.leaderboard[0].robustness["pgd_accuracy"] == pgd_acc["0.3"]
     assert "mean corruption accuracy" in compare_html.read_text()
 
 

@@ -3,25 +3,59 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 
 from imgclf.cli import main
 from imgclf.errors import ImgclfError
+from imgclf.evaluate import evaluation
 from imgclf.study import ABLATIONS, study_paper
 
 NAMES = ["paper-cnn", "cnn-enhanced", *ABLATIONS, "alexnet", "resnet18", "mobilenet_v3_small", "mnist-fast",
          "mnist-best"]
 
 
+@contextmanager
+def counting():
+    """Count the evaluation's inference passes and its latency timings by run (the real functions run)."""
+    calls = {"inference": 0, "timed": Counter()}
+    logits, efficiency = evaluation.predict_logits, evaluation.efficiency
+
+    def counted_logits(*args, **kwargs):
+        calls["inference"] += 1
+        return logits(*args, **kwargs)
+
+    def counted_efficiency(model, meta, folder, *args, **kwargs):
+        calls["timed"][folder.name] += 1
+        return efficiency(model, meta, folder, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluation, "predict_logits", counted_logits)
+        patch.setattr(evaluation, "efficiency", counted_efficiency)
+        yield calls
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return out, study_paper(out, budget="smoke", dataset="digits", command="imgclf study paper --budget smoke")
+    with counting() as calls:
+        paper = study_paper(out, budget="smoke", dataset="digits", command="imgclf study paper --budget smoke")
+    return out, paper, calls
+
+
+def test_each_model_is_predicted_and_timed_once_for_its_report_and_the_comparison(study):
+    out, _, calls = study
+    assert calls == {"inference": len(NAMES), "timed": Counter(NAMES)}
+    result = json.loads((out / "paper.json").read_text())
+    compared = {e["name"]: e for e in json.loads((out / "compare.json").read_text())["leaderboard"]}
+    for name in NAMES:  # PAPER.md (from the reports) and compare.html show the same latency
+        assert result["reports"][name]["efficiency"]["latency_ms"] == compared[name]["latency_ms"]
 
 
 def test_the_study_writes_every_table_from_its_runs(study):
-    out, paper = study
+    out, paper, _ = study
     result = json.loads((out / "paper.json").read_text())
     assert [e["name"] for e in result["entries"]] == NAMES
     for name in NAMES:  # every row is a real run directory with its evaluation and robustness
@@ -50,12 +84,14 @@ def test_the_study_writes_every_table_from_its_runs(study):
 
 
 def test_running_it_again_skips_finished_work_and_resumes_a_stopped_run(study):
-    out, _ = study
+    out, _, _ = study
     runs = out / "runs"
     before = {name: (runs / name / "model.safetensors").stat().st_mtime_ns for name in NAMES}
     reports = {name: (runs / name / "report.json").stat().st_mtime_ns for name in NAMES}
     (runs / "paper-cnn" / "summary.json").unlink()  # as if the study had been stopped at the end of this run
-    assert main(["study", "paper", "--budget", "smoke", "--dataset", "digits", "--out", str(out), "-q"]) == 0
+    with counting() as calls:
+        assert main(["study", "paper", "--budget", "smoke", "--dataset", "digits", "--out", str(out), "-q"]) == 0
+    assert calls == {"inference": 0, "timed": Counter()}  # the same weights and images: the reports are kept
     assert {name: (runs / name / "model.safetensors").stat().st_mtime_ns for name in NAMES} == before
     assert {name: (runs / name / "report.json").stat().st_mtime_ns for name in NAMES} == reports
     assert json.loads((runs / "paper-cnn" / "summary.json").read_text())["stopped"] == "done"

@@ -6,12 +6,16 @@ import ast
 import dataclasses
 import difflib
 import io
+import math
 import os
+import re
 import tokenize
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
 
@@ -19,27 +23,57 @@ from imgclf.errors import ImgclfError
 
 RECIPES = Path(__file__).resolve().parent / "configs"  # the packaged recipes, found by name: --config mnist-fast
 
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a key allows beyond its type: a test, its words for errors, and names to suggest from."""
+
+    test: Callable[[object], bool]
+    words: str
+    names: tuple[str, ...] = ()
+
+
+# Each key's type says what values it allows: a Literal lists them, a Rule in Annotated bounds them.
+Fraction = Annotated[float, Rule(lambda v: 0 <= v < 1, "in [0, 1)")]
+Share = Annotated[float, Rule(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")]
+Positive = Annotated[float, Rule(lambda v: 0 < v < math.inf, "a positive number")]
+NonNegative = Annotated[float, Rule(lambda v: 0 <= v < math.inf, "0 or more")]
+Count = Annotated[int, Rule(lambda v: v >= 1, "at least 1")]
+Natural = Annotated[int, Rule(lambda v: v >= 0, "0 or more")]
+Folds = Annotated[int, Rule(lambda v: v >= 2, "at least 2")]
+Eps = Annotated[float, Rule(lambda v: 0 < v <= 1, "in (0, 1], pixel units of images scaled to [0, 1]")]
+Freeze = Annotated[str, Rule(lambda v: v in ("none", "backbone") or v.isdigit(), "backbone, none or a number of "
+                             "stages", ("none", "backbone"))]
+Device = Annotated[str, Rule(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+                             "auto, cpu, cuda (or cuda:N) or mps", ("auto", "cpu", "cuda", "mps"))]
+Augmentation = Literal["auto", "none", "digits", "photos", "light"]
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+Schedule = Literal["constant", "step", "plateau", "cosine", "onecycle"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Attack = Literal["none", "fgsm", "pgd"]
+
 # Each key's meaning is the comment beside its field (continued on comment lines below it): `imgclf config show`.
 
 @dataclass
 class DataConfig:
     dataset: str = "mnist"  # a name (mnist, fashion-mnist, kmnist, cifar10, digits) or folder:PATH
     data_dir: str | None = None  # where the dataset's files are (default: $IMGCLF_DATA_DIR, cache, download)
-    val_fraction: float = 0.1  # validation split carved from the training data, stratified
-    test_fraction: float | None = None  # a plain image folder (no train/val/test subfolders) keeps this much for
+    val_fraction: Fraction = 0.1  # validation split carved from the training data, stratified
+    test_fraction: Fraction | None = None  # a plain image folder (no train/val/test subfolders) keeps this much for
     # testing and val_fraction for validation; null: the 80/10/10 split of runs from before this key
     split_seed: int = 0  # seed of the validation and test splits
-    folds: int | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
-    fold: int = 0  # which fold validates, 0 to folds - 1
-    subset: int | None = None  # train on the first N training images only (quick runs)
-    augment: str = "auto"  # none, digits, photos, or auto (digits for digit datasets, photos otherwise)
-    noise: float = 0.0  # noise augmentation on top: gaussian noise with a std drawn per image from [0, noise]
-    image_size: int | None = None  # input size in pixels (default: the model's own)
-    channels: int | None = None  # input channels, 1 or 3 (default: the model's)
-    num_workers: int = 2  # DataLoader workers for image folders
+    folds: Folds | None = None  # cross-validation: validate on fold `fold` of this many stratified folds
+    fold: Natural = 0  # which fold validates, 0 to folds - 1
+    subset: Count | None = None  # train on the first N training images only (quick runs)
+    augment: Augmentation = "auto"  # none, digits, photos, light, or auto (digits for digit datasets, photos
+    # otherwise)
+    noise: NonNegative = 0.0  # noise augmentation on top: gaussian noise with a std drawn per image from [0, noise]
+    image_size: Count | None = None  # input size in pixels (default: the model's own)
+    channels: Literal[1, 3] | None = None  # input channels, 1 or 3 (default: the model's)
+    num_workers: Natural = 2  # DataLoader workers for image folders
     in_memory: bool | None = None  # image folders: decode once into memory (true), stream every epoch (false),
     # or, when null, in memory if the prepared images take at most memory_limit_gb
-    memory_limit_gb: float = 2.0  # the most memory (GiB) in_memory null decodes images into
+    memory_limit_gb: NonNegative = 2.0  # the most memory (GiB) in_memory null decodes images into
     strict: bool = False  # fail on unreadable files instead of skipping them
     extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
 
@@ -56,43 +90,44 @@ class ModelConfig:
     name: str = "auto"  # a model name (imgclf models list), or auto: chosen from the data
     pretrained: bool = False  # start from ImageNet weights (torchvision backbones; downloaded once)
     weights: str | None = None  # a local weights file instead of downloading pretrained ones
-    freeze: str = "none"  # backbone, none, or a number of stages, after freeze_epochs
+    freeze: Freeze = "none"  # backbone, none, or a number of stages, after freeze_epochs
     options: dict = field(default_factory=dict)  # model-specific, e.g. {layers: 10, kernel: 5}
     init: str | None = None  # start from this run directory's weights (same model and classes): fine-tuning
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0  # passes over the training data; may be fractional: 0.5 trains half an epoch
-    batch_size: int = 256  # images per training step
-    optimizer: str = "adamw"  # adam, adamw, sgd, rmsprop
-    lr: float = 0.02  # learning rate (the peak of the schedule)
-    weight_decay: float = 5e-4  # not applied to biases and norm layers
-    momentum: float = 0.9  # momentum of sgd and rmsprop
+    epochs: Positive = 1.0  # passes over the training data; may be fractional: 0.5 trains half an epoch
+    batch_size: Count = 256  # images per training step
+    optimizer: Optimizer = "adamw"  # adam, adamw, sgd, rmsprop
+    lr: NonNegative = 0.02  # learning rate (the peak of the schedule)
+    weight_decay: NonNegative = 5e-4  # not applied to biases and norm layers
+    momentum: Fraction = 0.9  # momentum of sgd and rmsprop
     nesterov: bool = True  # Nesterov momentum (sgd)
-    schedule: str = "onecycle"  # constant, step, plateau, cosine, onecycle
-    warmup: float = 0.0  # epochs of linear warm-up (cosine)
-    step_epochs: int = 10  # step: multiply the lr by gamma every step_epochs
-    gamma: float = 0.1  # step and plateau factor
-    plateau_patience: int = 2  # plateau: epochs without improvement before lowering the lr
-    label_smoothing: float = 0.0  # share of each target spread over the other classes
+    schedule: Schedule = "onecycle"  # constant, step, plateau, cosine, onecycle
+    warmup: NonNegative = 0.0  # epochs of linear warm-up (cosine)
+    step_epochs: Count = 10  # step: multiply the lr by gamma every step_epochs
+    gamma: Share = 0.1  # step and plateau factor
+    plateau_patience: Natural = 2  # plateau: epochs without improvement before lowering the lr
+    label_smoothing: Fraction = 0.0  # share of each target spread over the other classes
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    monitor: str = "val_acc"  # val_acc or val_loss: picks the best epoch, early stopping, plateau
-    early_stop: int | None = None  # stop after this many epochs without improvement
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # val_acc or val_loss: picks the best epoch, early
+    # stopping, plateau
+    early_stop: Count | None = None  # stop after this many epochs without improvement
     time: str | None = None  # wall-time budget of this session, e.g. 90s, 5m, 1h: ends cleanly, resumable
-    freeze_epochs: int = 0  # transfer learning: train only the head for this many epochs first
-    backbone_lr: float = 0.1  # then train the body at lr x this factor (discriminative lr)
-    ema: float | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
-    clip: float | None = None  # clip the gradient norm to this value
-    precision: str = "fp32"  # fp32, bf16 (CPU or CUDA), fp16 (CUDA)
+    freeze_epochs: Natural = 0  # transfer learning: train only the head for this many epochs first
+    backbone_lr: NonNegative = 0.1  # then train the body at lr x this factor (discriminative lr)
+    ema: Share | None = None  # decay of an exponential moving average of the weights, e.g. 0.999
+    clip: Positive | None = None  # clip the gradient norm to this value
+    precision: Precision = "fp32"  # fp32, bf16 (CPU or CUDA), fp16 (CUDA)
     channels_last: bool = False  # channels-last memory format (faster convolutions on some GPUs)
-    device: str = "auto"  # auto (cuda, mps, cpu), or one of them
-    nonfinite: str = "stop"  # a NaN/inf loss: stop, or skip the step
-    adversarial: str = "none"  # none, fgsm (random start, 1.25 eps step) or pgd: train on attacked images
-    eps: float = 0.3  # adversarial training: L-inf budget in pixel units (images scaled to [0, 1])
-    attack_steps: int = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
+    device: Device = "auto"  # auto (cuda, mps, cpu), or one of them
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop, or skip the step
+    adversarial: Attack = "none"  # none, fgsm (random start, 1.25 eps step) or pgd: train on attacked images
+    eps: Eps = 0.3  # adversarial training: L-inf budget in pixel units (images scaled to [0, 1])
+    attack_steps: Count = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
     sync_bn: bool = False  # torchrun on GPUs: batch norm statistics over the global batch (SyncBatchNorm)
-    dist_timeout: float = 300.0  # torchrun: seconds a process waits for the others before the run fails
+    dist_timeout: Positive = 300.0  # torchrun: seconds a process waits for the others before the run fails
     seed: int = 0  # weights, data order and augmentation
 
 
@@ -127,7 +162,7 @@ def find_config(path: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
     """Defaults, updated by a YAML file (or packaged recipe), updated by {'train.lr': 0.01, ...}; checked against
-    the dataclasses."""
+    the dataclasses: their types, allowed values and ranges."""
     data: dict = {}
     if path is not None:
         path = find_config(path)
@@ -139,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
             raise ImgclfError(f"config {path} is not valid YAML: {err}") from err
         if not isinstance(data, dict):
             raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
-    return _build(Config, _apply(data, overrides or {}), "")
+    return _checked(_apply(data, overrides or {}))
 
 
 def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str]:
@@ -151,7 +186,7 @@ def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str
 
 def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
     """A copy of `config` with {'train.lr': 0.01, 'model.options.layers': 10, ...} applied, checked."""
-    return _build(Config, _apply(config.to_dict(), overrides), "")
+    return _checked(_apply(config.to_dict(), overrides))
 
 
 def absolute_paths(config: Config) -> Config:
@@ -181,11 +216,29 @@ def _apply(data: dict, overrides: dict[str, object]) -> dict:
     return data
 
 
+def check_config(config: Config) -> None:
+    """Refuse a config (one built in code too) with a value or a pair of values that load_config refuses."""
+    _checked(config.to_dict())
+
+
+def _checked(data: dict) -> Config:
+    """The Config of the nested mapping `data`: every key known, of its type, within its values, and the keys
+    that depend on each other agreeing."""
+    config = _build(Config, data, "")
+    data_cfg = config.data
+    if data_cfg.test_fraction is not None and data_cfg.val_fraction + data_cfg.test_fraction >= 1:
+        raise ImgclfError(f"data.val_fraction and data.test_fraction must leave training images (add up to less "
+                          f"than 1), got {data_cfg.val_fraction} and {data_cfg.test_fraction}.")
+    if data_cfg.folds is not None and data_cfg.fold >= data_cfg.folds:
+        raise ImgclfError(f"data.fold must be in 0..folds-1 (0 to {data_cfg.folds - 1}), got {data_cfg.fold}.")
+    return config
+
+
 def _build(cls: type, data: dict, where: str):
-    """Instantiate dataclass `cls` from `data`, recursing into nested dataclasses and checking types."""
+    """Instantiate dataclass `cls` from `data`, recursing into nested dataclasses and checking each value."""
     if not isinstance(data, dict):
         raise ImgclfError(f"{where.rstrip('.') or 'the config'} must be a mapping, got {data!r}.")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -202,25 +255,57 @@ def _build(cls: type, data: dict, where: str):
 
 
 def _check(value: object, hint: object, key: str) -> object:
-    """`value` if it fits the annotation (an int is a fine float), else a clear error."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """`value` if it fits the annotation (an int is a fine float) and the values it allows, else a clear error
+    (with the allowed value it was likely meant to be)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option in options:
-        if option is type(None) and value is None:
-            return None
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+        base, *rules = typing.get_args(option) if typing.get_origin(option) is Annotated else (option,)
+        converted = _convert(value, base)
+        if converted is _MISMATCH:
+            continue
+        if typing.get_origin(base) is Literal:
+            choices = typing.get_args(base)
+            rules.append(Rule(lambda v, choices=choices: v in choices, f"one of {', '.join(map(str, choices))}",
+                              tuple(map(str, choices))))
+        for rule in rules:
+            if not rule.test(converted):
+                close = suggest(str(value).lower(), list(rule.names)) if rule.names else None
+                raise ImgclfError(f"config key {key} must be {rule.words}, got {value!r}"
+                                  + (f"; did you mean {close}?" if close else "."))
+        return converted
+    raise ImgclfError(f"config key {key} must be {' or '.join(map(_type_name, options))}, got {value!r}.")
+
+
+_MISMATCH = object()  # what _convert returns for a value not of the type
+
+
+def _convert(value: object, base: object) -> object:
+    """`value` as the type `base` (an int is a fine float, a number a fine str), or _MISMATCH."""
+    if typing.get_origin(base) is Literal:
+        return _convert(value, type(typing.get_args(base)[0]))
+    if base is type(None):
+        return None if value is None else _MISMATCH
+    if isinstance(value, bool) and base is not bool:
+        return _MISMATCH
+    if base is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
             return float(value)
-        if option is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if option is str and isinstance(value, str | int) and not isinstance(value, bool):
-            return str(value)
-        base = typing.get_origin(option) or option
-        if base in (int, bool, dict) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
-            return value
-    wanted = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
-    raise ImgclfError(f"config key {key} must be {wanted}, got {value!r}.")
+        except ValueError:
+            return _MISMATCH
+    if base is float and isinstance(value, int | float):
+        return float(value)
+    if base is str and isinstance(value, str | int):
+        return str(value)
+    origin = typing.get_origin(base) or base
+    return value if origin in (int, bool, dict) and isinstance(value, origin) else _MISMATCH
+
+
+def _type_name(option: object) -> str:
+    """How an error names a type: float, null, one of fp32, bf16, fp16."""
+    base = typing.get_args(option)[0] if typing.get_origin(option) is Annotated else option
+    if typing.get_origin(base) is Literal:
+        return f"one of {', '.join(map(str, typing.get_args(base)))}"
+    return "null" if base is type(None) else getattr(base, "__name__", str(base))
 
 
 def suggest(name: str, names: list[str]) -> str | None:

@@ -45,12 +45,13 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
     name = name or f"{folder.name}-retrained-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / name).exists():
         raise ImgclfError(f"{out / name} already exists; pass another --name.")
-    train_dir, held_dir = _split_feedback(feedback_db, out / f"{name}.feedback", holdout, min_holdout)
     moved = {} if data_dir is None else {"data.dataset": f"folder:{data_dir}"} if config.data.dataset.startswith(
         "folder:") else {"data.data_dir": str(data_dir)}
-    config = with_overrides(config, {**moved, "name": name, "out": str(out), "data.extra": str(train_dir),
+    feedback = out / f"{name}.feedback"  # the config is checked before the feedback is exported into it
+    config = with_overrides(config, {**moved, "name": name, "out": str(out), "data.extra": str(feedback / "train"),
                                      "model.init": str(folder.resolve()), "model.pretrained": False,
                                      "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
+    train_dir, held_dir = _split_feedback(feedback_db, feedback, holdout, min_holdout)
     new = train(config, progress=progress).path
     models = {label: load_model(path) for label, path in (("before", folder), ("after", new))}
     meta = models["before"][1]  # both models know the same classes: the data is read once for both

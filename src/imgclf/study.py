@@ -19,10 +19,18 @@ from imgclf import __version__
 from imgclf.config import RECIPES, Config, load_config
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
-from imgclf.evaluate.compare import compare_runs
-from imgclf.evaluate.evaluation import evaluate_run, robustness_record
+from imgclf.evaluate.compare import Comparison, Ranked, compare, write_comparison
+from imgclf.evaluate.evaluation import (
+    EvalReport,
+    OpenRun,
+    ScoreOn,
+    evaluate,
+    open_run,
+    predict,
+    robustness_record,
+    write_report,
+)
 from imgclf.evaluate.report import figure, page, table
-from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.models import create_model
 from imgclf.models.summary import summarize
 from imgclf.robustness import CORRUPTIONS, robustness
@@ -76,6 +84,36 @@ class Entry:
     note: str  # how it was trained
 
 
+@dataclass(frozen=True)
+class Paper:
+    """What the write-up is made from: the settings, the runs, their scores and the search."""
+
+    budget: str  # the budget's name
+    b: Budget
+    dataset: str
+    command: str | None
+    machine: dict  # cpu, threads, gpu, python, torch, imgclf, platform
+    started: str  # ISO time
+    entries: list[Entry]
+    reports: dict[str, EvalReport]  # by run name
+    compared: Comparison
+    table_iii: dict  # tune's result
+    table_ii: list[dict]  # layer, type, output, params
+
+    def to_json(self) -> dict:
+        """paper.json: every number of the write-up."""
+        return {"budget": {"name": self.budget, **asdict(self.b)}, "dataset": self.dataset, "command": self.command,
+                "machine": self.machine, "started": self.started,
+                "entries": [{"name": e.name, "label": e.label, "note": e.note} for e in self.entries],
+                "reports": {name: report.to_json() for name, report in self.reports.items()},
+                "compare": self.compared.to_json(), "table_iii": self.table_iii, "table_ii": self.table_ii}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """How the tables call each run, by run name."""
+        return {e.name: e.label for e in self.entries}
+
+
 def study_paper(out: str | Path = "studies/paper", *, budget: str = "cpu", dataset: str = "mnist",
                 data_dir: str | Path | None = None, device: str = "auto", recipes: str | Path = RECIPES,
                 command: str | None = None, progress: bool = False) -> Path:
@@ -94,19 +132,18 @@ def study_paper(out: str | Path = "studies/paper", *, budget: str = "cpu", datas
     started = datetime.now(timezone.utc)
     for entry in entries:
         _train(entry, progress)
-    names = [e.name for e in entries]
-    reports = {e.name: _evaluate(out / "runs" / e.name, b, data_dir, device, progress) for e in entries}
+    folders = [out / "runs" / e.name for e in entries]
+    for folder in folders:
+        _robustness(folder, b, data_dir, device, progress)
     pairs = [("cnn-enhanced", name) for name in ABLATIONS] + [("cnn-enhanced", "paper-cnn"),
                                                                ("alexnet", "paper-cnn")]
-    compared, _ = compare_runs([out / "runs" / n for n in names], data_dir=data_dir, device=device, out=out,
-                               pairs=pairs, resamples=b.resamples, latency_runs=b.latency_runs, progress=progress)
+    reports, compared = _score(folders, pairs, b, ScoreOn(data_dir=data_dir, device=device), out, progress)
     search = _table_iii(b, recipes, common, out, progress)
-    result = {"budget": {"name": budget, **asdict(b)}, "dataset": dataset, "command": command, "machine": _machine(),
-              "started": started.isoformat(), "entries": [{"name": e.name, "label": e.label, "note": e.note}
-                                                          for e in entries],
-              "reports": reports, "compare": compared, "table_iii": search, "table_ii": _table_ii()}
-    atomic_write(out / "paper.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=str) + "\n"))
-    return _write(result, out)
+    paper = Paper(budget, b, dataset, command, _machine(), started.isoformat(), entries, reports, compared, search,
+                  _table_ii())
+    atomic_write(out / "paper.json",
+                 lambda tmp: tmp.write_text(json.dumps(paper.to_json(), indent=2, default=str) + "\n"))
+    return _write(paper, out)
 
 
 def _plan(b: Budget, recipes: Path, common: dict) -> list[Entry]:
@@ -170,17 +207,46 @@ def _train(entry: Entry, progress: bool) -> None:
         raise ImgclfError(f"{entry.name} stopped ({run.summary.stopped}); run the study again to continue it.")
 
 
-def _evaluate(folder: Path, b: Budget, data_dir, device: str, progress: bool) -> dict:
-    """report.json (and the robustness columns) of a trained run, made once per set of weights."""
+def _robustness(folder: Path, b: Budget, data_dir: str | Path | None, device: str, progress: bool) -> None:
+    """robustness.json (the robustness columns) of a trained run, measured once per set of weights."""
     if robustness_record(folder, json.loads((folder / "model.json").read_text())) is None:  # none, or stale
         robustness(folder, corruptions=list(b.corruptions) if b.corruptions else None, attack_names=("fgsm", "pgd"),
                    eps=(0.1,), steps=10, limit=b.robustness_images, data_dir=data_dir, device=device,
                    progress=progress)
-    report_path = folder / "report.json"
-    if report_path.is_file() and report_path.stat().st_mtime >= (folder / "robustness.json").stat().st_mtime:
-        return json.loads(report_path.read_text())
-    return evaluate_run(folder, data_dir=data_dir, device=device, resamples=b.resamples,
-                        latency_runs=b.latency_runs, progress=progress)[0]
+
+
+def _score(folders: list[Path], pairs: list[tuple[str, str]], b: Budget, on: ScoreOn, out: Path,
+           progress: bool) -> tuple[dict[str, EvalReport], Comparison]:
+    """Every run's report.json and the comparison (compare.json in `out`) from one prediction and one timing
+    per model, so both show the same numbers; kept as they are while the runs score the same."""
+    runs = [open_run(folder, on) for folder in folders]
+    saved = _saved(runs, pairs, out)
+    if saved is not None:
+        log.info("the reports and the comparison are of these weights and images: kept")
+        return saved
+    predictions = [predict(run, latency_runs=b.latency_runs, progress=progress) for run in runs]
+    reports = {p.run.name: evaluate(p, resamples=b.resamples) for p in predictions}
+    for p in predictions:
+        write_report(reports[p.run.name], p, p.run.folder)
+    compared = compare(predictions, pairs=pairs, resamples=b.resamples)
+    write_comparison(compared, out)
+    return reports, compared
+
+
+def _saved(runs: list[OpenRun], pairs: list[tuple[str, str]], out: Path
+           ) -> tuple[dict[str, EvalReport], Comparison] | None:
+    """The reports and comparison a previous call wrote, if each was made from what the runs are now (their
+    fingerprints: weights, images, temperature) with the robustness results they have now; else None."""
+    try:
+        reports = {run.name: EvalReport.load(run.folder / "report.json") for run in runs}
+        compared = Comparison.load(out / "compare.json")
+    except (OSError, ValueError, TypeError, KeyError):  # missing, damaged, or of another format
+        return None
+    fresh = all(reports[run.name].fingerprint == run.fingerprint
+                and reports[run.name].robustness_report == robustness_record(run.folder, run.meta) for run in runs)
+    compared_fresh = ({e.name: e.fingerprint for e in compared.leaderboard} == {r.name: r.fingerprint for r in runs}
+                      and [(p["a"], p["b"]) for p in compared.pairs] == pairs)
+    return (reports, compared) if fresh and compared_fresh else None
 
 
 def _table_iii(b: Budget, recipes: Path, common: dict, out: Path, progress: bool) -> dict:
@@ -213,7 +279,7 @@ def _machine() -> dict:
 
 
 # -- PAPER.md and paper.html, from the same tables ---------------------------------------------------------------
-def _write(r: dict, out: Path) -> Path:
+def _write(r: Paper, out: Path) -> Path:
     sections = _sections(r, out)
     markdown = [f"# The seed paper's study, regenerated from real runs\n\n{_preamble(r)}"]
     for heading, text, headers, rows, picture in sections:
@@ -231,46 +297,44 @@ def _write(r: dict, out: Path) -> Path:
     return out / "PAPER.md"
 
 
-def _preamble(r: dict) -> str:
-    b, m = r["budget"], r["machine"]
+def _preamble(r: Paper) -> str:
+    b, m = r.b, r.machine
     return (
-        f"Produced by `{r['command'] or 'imgclf study paper'}` (started {r['started'][:16].replace('T', ' ')} UTC) on "
+        f"Produced by `{r.command or 'imgclf study paper'}` (started {r.started[:16].replace('T', ' ')} UTC) on "
         f"{m['cpu']} ({m['threads']} threads{', ' + m['gpu'] if m['gpu'] else ', no GPU'}), Python {m['python']}, "
         f"PyTorch {m['torch']}, imgclf {m['imgclf']}.\n\n"
-        f"Budget `{b['name']}`: the compared architectures train on the first {b['subset'] or 'all'} {r['dataset']} "
+        f"Budget `{r.budget}`: the compared architectures train on the first {b.subset or 'all'} {r.dataset} "
         "training "
-        f"images (10% of them held out, stratified, for validation) for {b['epochs']:g} epochs; AlexNet at "
-        f"{b['alexnet_size']}x{b['alexnet_size']} pixels, ResNet-18 and MobileNetV3 at "
-        f"{b['backbone_size']}x{b['backbone_size']}; the fast recipe runs as it is, the best recipe "
-        f"{b['best_epochs']:g} of its 7 epochs. Table III: {b['tune_trials']} TPE trials on {b['tune_subset']} "
-        f"images, {b['tune_epochs']:g} epoch each (the paper searched 10, 20 and 30 epochs). Every model is scored "
-        f"on all {r['compare']['samples']:,} {r['dataset']} test images; robustness on {b['robustness_images']} of "
+        f"images (10% of them held out, stratified, for validation) for {b.epochs:g} epochs; AlexNet at "
+        f"{b.alexnet_size}x{b.alexnet_size} pixels, ResNet-18 and MobileNetV3 at "
+        f"{b.backbone_size}x{b.backbone_size}; the fast recipe runs as it is, the best recipe "
+        f"{b.best_epochs:g} of its 7 epochs. Table III: {b.tune_trials} TPE trials on {b.tune_subset} "
+        f"images, {b.tune_epochs:g} epoch each (the paper searched 10, 20 and 30 epochs). Every model is scored "
+        f"on all {r.compared.samples:,} {r.dataset} test images; robustness on {b.robustness_images} of "
         "them. Every number is from "
         "these runs except the rows marked *published*. Re-running the command skips finished work.\n")
 
 
-def _sections(r: dict, out: Path) -> list[tuple[str, str, list[str], list[list], str | None]]:
+def _sections(r: Paper, out: Path) -> list[tuple[str, str, list[str], list[list], str | None]]:
     """(heading, text, table headers, rows, figure file) for each part of the write-up."""
-    labels = {e["name"]: e["label"] for e in r["entries"]}
-    notes = {e["name"]: e["note"] for e in r["entries"]}
-    board = {e["name"]: e for e in r["compare"]["leaderboard"]}
+    labels, reports = r.labels, r.reports
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     (figures / "curves.png").write_bytes(plots.curves_grid(
-        {labels[n]: rep["training"]["history"] for n, rep in r["reports"].items()}))
+        {labels[n]: rep.training["history"] for n, rep in reports.items()}))
     (figures / "confusions.png").write_bytes(plots.confusion_grid(
-        {labels[n]: rep["confusion"] for n, rep in r["reports"].items()}, next(iter(r["reports"].values()))["classes"]))
-    table_iv = [_row_iv(name, labels[name], notes[name], rep, board[name]) for name, rep in r["reports"].items()]
+        {labels[n]: rep.confusion for n, rep in reports.items()}, next(iter(reports.values())).classes))
+    table_iv = [_row_iv(e, reports[e.name], r.compared.entry(e.name)) for e in r.entries]
     pairs = [[labels[p["a"]], labels[p["b"]], p["a_only"], p["b_only"], _p(p["p_value"]),
-              _delta(r["reports"][p["a"]]["accuracy"] - r["reports"][p["b"]]["accuracy"])]
-             for p in r["compare"]["pairs"]]
-    search, samples = r["table_iii"], r["compare"]["samples"]
+              _delta(reports[p["a"]].accuracy - reports[p["b"]].accuracy)]
+             for p in r.compared.pairs]
+    search, samples = r.table_iii, r.compared.samples
     return [
-        ("The answer", _answer(r, labels), [], [], None),
+        ("The answer", _answer(r), [], [], None),
         ("Table II: the paper's CNN", "Layers at MNIST size (1x28x28), as `imgclf summary paper-cnn` prints them.",
          ["layer", "type", "output shape", "parameters"],
          [[row["layer"], row["type"], "x".join(map(str, row["output"])), f"{row['params']:,}"]
-          for row in r["table_ii"]], None),
+          for row in r.table_ii], None),
         ("Table III: the hyperparameter search, run",
          f"TPE with median pruning over the paper's space on the configurable CNN; {search['trials']} trials "
          f"({search['pruned']} pruned), {search['train_seconds']:.0f} s of training. Best validation accuracy "
@@ -282,11 +346,11 @@ def _sections(r: dict, out: Path) -> list[tuple[str, str, list[str], list[list],
            ", ".join(f"{v}: {a:.3f}" for v, a in _means(out / "table-iii" / "trials.csv", row["parameter"]).items())]
           for row in search["table"]], None),
         ("Table IV: every architecture on the same test images",
-         f"Accuracy and macro-F1 with 95% bootstrap intervals ({r['budget']['resamples']:,} resamples); "
+         f"Accuracy and macro-F1 with 95% bootstrap intervals ({r.b.resamples:,} resamples); "
          "precision, recall and F1 are macro averages; AUC is the macro one-vs-rest ROC AUC; ECE over 15 confidence "
-         f"bins; latency is one image at batch 1 (median of {r['budget']['latency_runs']}), throughput at batch "
+         f"bins; latency is one image at batch 1 (median of {r.b.latency_runs}), throughput at batch "
          "256, both on this CPU; training time is the run's own. Robustness: mean accuracy over "
-         f"{len(r['budget']['corruptions'] or CORRUPTIONS)} corruptions x 5 severities, and accuracy under FGSM "
+         f"{len(r.b.corruptions or CORRUPTIONS)} corruptions x 5 severities, and accuracy under FGSM "
          "and PGD-10 at eps 0.1 (L-inf, pixels in [0, 1]). McNemar: exact "
          "test against the most accurate model.",
          ["model", "training", "accuracy [95% CI]", "precision", "recall", "F1 [95% CI]", "AUC", "ECE",
@@ -302,19 +366,19 @@ def _sections(r: dict, out: Path) -> list[tuple[str, str, list[str], list[list],
         ("Published references (not run here)",
          "Other training setups, for context only. The seed paper's own table values are not reproduced here.",
          ["model", "test accuracy", "source"],
-         [[p["model"], f"{p['accuracy']:.4f}", p["source"]] for p in r["compare"]["published"]], None),
+         [[p["model"], f"{p['accuracy']:.4f}", p["source"]] for p in r.compared.published], None),
     ]
 
 
-def _row_iv(name: str, label: str, note: str, rep: dict, entry: dict) -> list:
-    ci, eff = rep["confidence_intervals"], rep["efficiency"]
-    robust = RobustnessReport.from_json(rep["robustness"]) if rep.get("robustness") else None
+def _row_iv(entry: Entry, rep: EvalReport, ranked: Ranked) -> list:
+    ci, eff = rep.confidence_intervals, rep.efficiency
+    robust = rep.robustness_report
     attacks = robust.attacks if robust else {}
     attacked = " / ".join(f"{attacks[a].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd") if a in attacks)
-    vs = entry["vs_best"]
-    return [label, note, _ci(rep["accuracy"], ci["accuracy"]), f"{rep['macro']['precision']:.4f}",
-            f"{rep['macro']['recall']:.4f}", _ci(rep["macro"]["f1"], ci["macro_f1"]), f"{rep['macro_auc']:.5f}",
-            f"{rep['calibration']['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
+    vs = ranked.vs_best
+    return [entry.label, entry.note, _ci(rep.accuracy, ci["accuracy"]), f"{rep.macro['precision']:.4f}",
+            f"{rep.macro['recall']:.4f}", _ci(rep.macro["f1"], ci["macro_f1"]), f"{rep.macro_auc:.5f}",
+            f"{rep.calibration['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
             f"{eff['throughput']['images_per_second']:,.0f}",
             f"{_train_seconds(rep):.0f}",
             f"{eff['params']:,}", f"{eff['macs'] / 1e6:.1f}M",
@@ -322,36 +386,36 @@ def _row_iv(name: str, label: str, note: str, rep: dict, entry: dict) -> list:
             "best" if vs is None else f"{_p(vs['p_value'])} ({vs['a_only']} vs {vs['b_only']})"]
 
 
-def _train_seconds(rep: dict) -> float:
+def _train_seconds(rep: EvalReport) -> float:
     """The training seconds in a run's report (0 for a run without a summary)."""
-    summary = rep["training"]["summary"]
-    return RunSummary.from_json(summary).train_seconds if summary else 0
+    summary = rep.run_summary
+    return summary.train_seconds if summary else 0
 
 
-def _answer(r: dict, labels: dict) -> str:
+def _answer(r: Paper) -> str:
     """The paper's question, "which architecture, at what cost", in sentences computed from the tables."""
-    reports, board = r["reports"], r["compare"]["leaderboard"]
+    reports, board, labels = r.reports, r.compared.leaderboard, r.labels
     best = board[0]
     seconds = {n: _train_seconds(rep) for n, rep in reports.items()}
-    latency = {n: rep["efficiency"]["latency_ms"]["p50"] for n, rep in reports.items()}
-    tied = [e for e in board[1:] if e["vs_best"]["p_value"] >= 0.05]
-    cheapest = min([best, *tied], key=lambda e: seconds[e["name"]])
-    lines = [f"- Most accurate: **{labels[best['name']]}**, {best['accuracy']:.4f} "
-             f"[{best['ci']['accuracy'][0]:.4f}, {best['ci']['accuracy'][1]:.4f}], trained in "
-             f"{seconds[best['name']]:.0f} s, {latency[best['name']]:.2f} ms per image."]
+    latency = {n: rep.efficiency["latency_ms"]["p50"] for n, rep in reports.items()}
+    tied = [e for e in board[1:] if e.vs_best["p_value"] >= 0.05]
+    cheapest = min([best, *tied], key=lambda e: seconds[e.name])
+    lines = [f"- Most accurate: **{labels[best.name]}**, {best.accuracy:.4f} "
+             f"[{best.ci['accuracy'][0]:.4f}, {best.ci['accuracy'][1]:.4f}], trained in "
+             f"{seconds[best.name]:.0f} s, {latency[best.name]:.2f} ms per image."]
     if tied:
-        others = ", ".join(labels[e["name"]] for e in tied)
+        others = ", ".join(labels[e.name] for e in tied)
         lines.append(f"- Not significantly less accurate (McNemar p >= 0.05): {others}. The cheapest of these to "
-                     f"train: **{labels[cheapest['name']]}** "
-                     f"({seconds[cheapest['name']]:.0f} s, {reports[cheapest['name']]['accuracy']:.4f}).")
-    for p in r["compare"]["pairs"]:
+                     f"train: **{labels[cheapest.name]}** "
+                     f"({seconds[cheapest.name]:.0f} s, {reports[cheapest.name].accuracy:.4f}).")
+    for p in r.compared.pairs:
         a, b = p["a"], p["b"]
-        difference = reports[a]["accuracy"] - reports[b]["accuracy"]
+        difference = reports[a].accuracy - reports[b].accuracy
         verdict = "a significant" if p["p_value"] < 0.05 else "no significant"
         lines.append(f"- {labels[a]} vs {labels[b]}: {_delta(difference)} points of accuracy, {verdict} difference "
                      f"(McNemar p = {_p(p['p_value'])}); training {seconds[a]:.0f} s vs {seconds[b]:.0f} s, "
                      f"latency {latency[a]:.2f} vs {latency[b]:.2f} ms.")
-    search = r["table_iii"]
+    search = r.table_iii
     chosen = ", ".join(f"{k} {v}" for k, v in search["best"]["params"].items())
     lines.append(f"- Search (Table III): the best trial used {chosen}.")
     return "\n".join(lines)

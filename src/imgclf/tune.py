@@ -152,11 +152,11 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
                           f"{', '.join(PRUNERS)}; got {sampler} and {pruner}.")
     if not config.data.val_fraction and config.data.folds is None:
         raise ImgclfError("tuning selects on the validation split; set data.val_fraction above 0 (e.g. 0.1).")
+    check_space(config, space)
     searched = {k: space[k] for k in _searched(space)}
     fixed = {k: v for k, v in space.items() if k not in searched}
     folder = Path(config.out) / (study or config.name or f"tune-{fixed.get('model.name', config.model.name)}")
     folder.mkdir(parents=True, exist_ok=True)
-    _check_values(config, searched, fixed)
     if sampler == "grid" and any(isinstance(v, dict) for v in searched.values()):
         raise ImgclfError("the grid sampler needs a list of values for every searched key, not ranges.")
     grid = math.prod(len(v) for v in searched.values()) if sampler == "grid" else None
@@ -187,12 +187,18 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
     return _write_results(study_obj, config, searched, fixed, folder)
 
 
-def _check_values(config: Config, searched: dict, fixed: dict) -> None:
-    """Every choice and range bound makes a valid config (so a typo fails now, not in every trial)."""
+def check_space(config: Config, space: dict) -> None:
+    """Every choice and range bound of `space` makes a valid trial config with `config` (so a typo fails now, not
+    in every trial); reads no data."""
+    from imgclf.training.loop import check_settings
+
+    searched = {k: space[k] for k in _searched(space)}
+    fixed = {k: v for k, v in space.items() if k not in searched}
+    check_settings(with_overrides(config, fixed))
     for key, spec in searched.items():
         values = spec if isinstance(spec, list) else [spec["low"], spec["high"]]
         for value in values:
-            with_overrides(config, {**fixed, key: value})
+            check_settings(with_overrides(config, {**fixed, key: value}))
         if isinstance(spec, dict) and spec.get("log") and _number(spec["low"]) <= 0:
             raise ImgclfError(f"search space key {key}: a log range needs low > 0, got {spec['low']}.")
         if isinstance(spec, dict) and spec.get("log") and spec.get("step"):

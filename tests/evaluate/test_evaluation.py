@@ -17,7 +17,7 @@ from imgclf.cv import cross_validate
 from imgclf.data import load_dataset, train_val
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.compare import compare_runs
-from imgclf.evaluate.evaluation import eval_data, evaluate_run
+from imgclf.evaluate.evaluation import EvalReport, ScoreOn, eval_data, evaluate_run
 from imgclf.evaluate.metrics import log_loss, softmax
 from imgclf.predict import predict_files, predict_logits
 from imgclf.rundir import load_model, preprocess_of
@@ -53,17 +53,18 @@ def test_report_on_a_real_run_has_every_number_and_section(runs, tmp_path):
     run = runs[0]
     report, html_path = evaluate_run(run.path / "model.json", resamples=200, latency_runs=5, out=tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved == json.loads(json.dumps(report))  # every number of the report is in report.json
-    assert report["samples"] == 10_000 and report["accuracy"] == pytest.approx(run.summary.test_acc)
-    low, high = report["confidence_intervals"]["accuracy"]
-    assert low < report["accuracy"] < high and high - low < 0.03
-    assert 0 < report["calibration"]["ece"] < 0.2 and len(report["calibration"]["bins"]["count"]) == 15
-    assert report["top_k"]["k"] == 5 and report["accuracy"] < report["top_k"]["accuracy"] <= 1
-    assert report["temperature"]["value"] == 1.0 and report["temperature"]["fitted"] is None
-    assert report["efficiency"]["params"] == sum(p.numel() for p in load_model(run.path)[0].parameters())
-    assert report["efficiency"]["latency_ms"]["p50"] <= report["efficiency"]["latency_ms"]["p99"]
-    assert report["training"]["summary"]["train_seconds"] > 0 and len(report["training"]["history"]) == 1
-    wrong = report["misclassified"]
+    assert saved == json.loads(json.dumps(report.to_json()))  # every number of the report is in report.json
+    assert EvalReport.from_json(saved).to_json() == saved  # and read back as it was
+    assert report.samples == 10_000 and report.accuracy == pytest.approx(run.summary.test_acc)
+    low, high = report.confidence_intervals["accuracy"]
+    assert low < report.accuracy < high and high - low < 0.03
+    assert 0 < report.calibration["ece"] < 0.2 and len(report.calibration["bins"]["count"]) == 15
+    assert report.top_k["k"] == 5 and report.accuracy < report.top_k["accuracy"] <= 1
+    assert report.temperature["value"] == 1.0 and report.temperature["fitted"] is None
+    assert report.efficiency["params"] == sum(p.numel() for p in load_model(run.path)[0].parameters())
+    assert report.efficiency["latency_ms"]["p50"] <= report.efficiency["latency_ms"]["p99"]
+    assert report.training["summary"]["train_seconds"] > 0 and len(report.training["history"]) == 1
+    wrong = report.misclassified
     assert wrong and all(m["true"] != m["predicted"] for m in wrong)
     assert [m["loss"] for m in wrong] == sorted((m["loss"] for m in wrong), reverse=True)
     html = html_path.read_text()
@@ -86,7 +87,7 @@ def test_calibrate_fits_on_validation_saves_temperature_and_predict_uses_it(runs
     # the fitted temperature minimizes the log loss on the run's validation split
     dataset = load_dataset("mnist", mnist_dir)
     _, val = train_val(dataset, 2000, 0.1, 0)
-    assert report["temperature"]["value"] == temperature and meta["calibration"]["samples"] == len(val)
+    assert report.temperature["value"] == temperature and meta["calibration"]["samples"] == len(val)
     logits = predict_logits(model, val, preprocess_of(meta), torch.device("cpu"))
     targets = val.labels.numpy()
     best = log_loss(softmax(logits, temperature), targets)
@@ -112,28 +113,28 @@ def test_evaluate_on_a_folder_with_some_of_the_models_classes(runs, tmp_path, mn
         folder.mkdir(parents=True)
         for i in np.flatnonzero(test.labels.numpy() == digit)[:15]:
             Image.fromarray(test.images[i, 0].numpy()).convert("RGB").save(folder / f"{i}.png")
-    report, _ = evaluate_run(runs[0].path, source=f"folder:{tmp_path / 'digits'}", out=tmp_path / "report",
-                             resamples=50, latency_runs=3)
-    assert report["samples"] == 30 and report["dataset"] == f"folder:{tmp_path / 'digits'}"
-    support = {row["class"]: row["support"] for row in report["per_class"]}
+    digits = ScoreOn(source=f"folder:{tmp_path / 'digits'}")
+    report, _ = evaluate_run(runs[0].path, digits, out=tmp_path / "report", resamples=50, latency_runs=3)
+    assert report.samples == 30 and report.dataset == f"folder:{tmp_path / 'digits'}"
+    support = {row["class"]: row["support"] for row in report.per_class}
     assert support["3"] == 15 and support["7"] == 15 and support["0"] == 0
-    assert report["auc"][0] is None and report["auc"][3] is not None  # no class-0 sample: its AUC is undefined
+    assert report.auc[0] is None and report.auc[3] is not None  # no class-0 sample: its AUC is undefined
     files = sorted((tmp_path / "digits").glob("*/*.png"))
     predicted = [p.top[0][0] for p in predict_files(runs[0].path, files, top=1)]
     truth = [f.parent.name for f in files]
-    assert report["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    assert report.accuracy == pytest.approx(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
 
     (tmp_path / "digits" / "cat").mkdir()
     shutil.copy(files[0], tmp_path / "digits" / "cat" / "x.png")
     with pytest.raises(ImgclfError, match="classes the model was not trained on \\(cat\\)"):
-        evaluate_run(runs[0].path, source=f"folder:{tmp_path / 'digits'}", out=tmp_path / "report")
+        evaluate_run(runs[0].path, digits, out=tmp_path / "report")
 
 
 def test_evaluate_errors_are_clear(runs, tmp_path, mnist_dir):
     with pytest.raises(ImgclfError, match="not a run directory"):
         evaluate_run(tmp_path)
     with pytest.raises(ImgclfError, match="has no 'holdout' split; it has train, test"):
-        evaluate_run(runs[0].path, split="holdout")
+        evaluate_run(runs[0].path, ScoreOn(split="holdout"))
     no_val = train(_config(tmp_path, mnist_dir, name="noval", **{"data.subset": 256, "data.val_fraction": 0.0}),
                    progress=False)
     before = (no_val.path / "model.json").read_text()

@@ -98,13 +98,14 @@ def test_a_nan_batch_can_be_skipped(tmp_path, mnist_dir):
 
     config = _config(tmp_path, mnist_dir, **{"train.nonfinite": "skip"})
     trainer = Trainer(config, tmp_path, progress=False)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    model = trainer.parts.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     x[0, 0, 0, 0] = float("nan")  # one corrupt input poisons the batch's loss
     trainer._step(x, y)
-    assert trainer.skipped == 1 and all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.skipped == 1 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     trainer._step(torch.randn(8, 1, 28, 28), y)
-    assert trainer.skipped == 1 and not torch.equal(before["head.weight"], trainer.model.head.weight)
+    assert trainer.skipped == 1 and not torch.equal(before["head.weight"], model.head.weight)
 
 
 def test_time_budget_ends_cleanly_and_resumes(tmp_path, mnist_dir):
@@ -187,7 +188,7 @@ def test_config_errors(tmp_path, mnist_dir):
     bad.write_text("train:\n  lr: [1, 2\n")
     with pytest.raises(ImgclfError, match="is not valid YAML"):
         load_config(bad)
-    with pytest.raises(ImgclfError, match="unknown optimizer 'adamx'"):
+    with pytest.raises(ImgclfError, match=r"train.optimizer must be one of adam, .* got 'adamx'; did you mean adam\?"):
         train(_config(tmp_path, mnist_dir, **{"train.optimizer": "adamx"}), progress=False)
     with pytest.raises(ImgclfError, match="time budget 'soon' is not a duration"):
         parse_duration("soon")
@@ -244,6 +245,28 @@ def test_lr_find_suggests_a_rate_and_plots(tmp_path, mnist_dir, capsys):
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.width > 300
     assert not list(tmp_path.glob("runs*"))  # nothing saved as a run
+
+
+def test_lr_find_steps_on_the_training_loss(tmp_path, mnist_dir, monkeypatch):
+    """The range test optimizes what training does (here with label smoothing), not a plain cross-entropy."""
+    from imgclf.training.lr_find import lr_find
+    from imgclf.training.parts import Parts
+
+    shared, seen = Parts.batch_loss, []
+
+    def spy(parts, net, x, y):
+        logits, loss = shared(parts, net, x, y)
+        seen.append((logits.detach(), y, loss.item()))
+        return logits, loss
+
+    monkeypatch.setattr(Parts, "batch_loss", spy)
+    config = _config(tmp_path, mnist_dir, **{"data.subset": 200, "train.batch_size": 32,
+                                             "train.label_smoothing": 0.5})
+    _, losses, _ = lr_find(config, steps=3, progress=False)
+    logits, y, loss = seen[0]
+    assert losses[0] == pytest.approx(loss)  # the sweep's first value is its first batch's training loss
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.5).item())
+    assert loss != pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-3)
 
 
 def test_lr_find_takes_few_steps_on_small_data():
@@ -358,21 +381,21 @@ def test_fgsm_training_attacks_from_a_random_start_without_touching_batch_norm(t
 
     config = _config(tmp_path, mnist_dir, **{"train.adversarial": "fgsm", "train.eps": 0.2})
     trainer = Trainer(config, tmp_path, progress=False)
-    trainer.model.train()
-    x, y = next(iter(batches(trainer.train_split, trainer.preprocess, 32)))
-    buffers = [b.clone() for b in trainer.model.buffers()]
+    model, pre = trainer.parts.model.train(), trainer.parts.preprocess
+    x, y = next(iter(batches(trainer.parts.train_split, pre, 32)))
+    buffers = [b.clone() for b in model.buffers()]
     adv = trainer._adversarial(x, y)
-    assert all(torch.equal(a, b) for a, b in zip(buffers, trainer.model.buffers(), strict=True))
-    assert trainer.model.training  # back in training mode after the attack
-    change = (trainer.preprocess.denormalize(adv) - trainer.preprocess.denormalize(x)).abs()
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    assert model.training  # back in training mode after the attack
+    change = (pre.denormalize(adv) - pre.denormalize(x)).abs()
     assert float(change.max()) <= 0.2 + 1e-5
     assert 0.05 < float(change[change > 0].mean()) < 0.2  # a random start and one 1.25 eps step, clipped
     assert train(config, progress=False, max_steps=3).summary.stopped is StopReason.MAX_STEPS
 
 
 def test_adversarial_and_noise_settings_are_checked(tmp_path, mnist_dir):
-    for key, value, message in [("train.adversarial", "cw", "train.adversarial must be none, fgsm or pgd: 'cw'"),
-                                ("train.eps", 0.0, r"train.eps is in pixel units .* got 0.0"),
+    for key, value, message in [("train.adversarial", "cw", "adversarial must be one of none, fgsm, pgd, got 'cw'"),
+                                ("train.eps", 0.0, r"train.eps must be in \(0, 1\], pixel units .* got 0.0"),
                                 ("train.attack_steps", 0, "train.attack_steps must be at least 1"),
                                 ("data.noise", -0.1, "data.noise must be 0 or more")]:
         with pytest.raises(ImgclfError, match=message):

@@ -6,8 +6,12 @@ import argparse
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from imgclf.evaluate.evaluation import ScoreOn
 
 MOVED = ("where the run's data is now, if it moved: its image folder, or the folder with a named dataset's files "
          "(default: where it was at training)")
@@ -48,6 +52,13 @@ def parents() -> Parents:
     scoring.add_argument("--latency-runs", type=positive, default=100,
                          help="timed single-image passes for the latency percentiles (default 100)")
     return Parents(logs, scored_on, scoring)
+
+
+def score_on(args: argparse.Namespace) -> ScoreOn:
+    """The data a command scores on, from the scored_on parent's --dataset/--data, --data-dir, --split, --device."""
+    from imgclf.evaluate.evaluation import ScoreOn  # torch: imported when a command runs, not to parse
+
+    return ScoreOn(args.source, args.data_dir, args.split, args.device)
 
 
 def positive(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgclf.commands.common import Parents
+from imgclf.commands.common import Parents, score_on
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
@@ -28,26 +28,26 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from imgclf.evaluate.evaluation import evaluate_run
 
-    r, html = evaluate_run(args.run_dir, source=args.source, data_dir=args.data_dir, split=args.split,
-                           calibrate=args.calibrate, resamples=args.resamples, seed=args.seed, device=args.device,
-                           latency_runs=args.latency_runs, out=args.out, progress=not args.quiet, tta=args.tta)
-    ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
-    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['samples']:,} images)")
-    print(f"accuracy   {r['accuracy']:.4f}  [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}] 95% bootstrap CI")
-    print(f"macro F1   {r['macro']['f1']:.4f}  [{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]")
-    print(f"top-{r['top_k']['k']}      {r['top_k']['accuracy']:.4f}   log loss {r['log_loss']:.4f}   ROC AUC macro "
-          + ("n/a" if r["macro_auc"] is None else f"{r['macro_auc']:.4f}"))
-    print(f"ECE        {temp['ece_uncalibrated']:.4f} uncalibrated, {r['calibration']['ece']:.4f} at temperature "
+    r, html = evaluate_run(args.run_dir, score_on(args), calibrate=args.calibrate, resamples=args.resamples,
+                           seed=args.seed, latency_runs=args.latency_runs, out=args.out, progress=not args.quiet,
+                           tta=args.tta)
+    ci, eff, temp, fair = r.confidence_intervals, r.efficiency, r.temperature, r.fairness
+    print(f"{r.model} on {r.dataset} {r.split} ({r.samples:,} images)")
+    print(f"accuracy   {r.accuracy:.4f}  [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}] 95% bootstrap CI")
+    print(f"macro F1   {r.macro['f1']:.4f}  [{ci['macro_f1'][0]:.4f}, {ci['macro_f1'][1]:.4f}]")
+    print(f"top-{r.top_k['k']}      {r.top_k['accuracy']:.4f}   log loss {r.log_loss:.4f}   ROC AUC macro "
+          + ("n/a" if r.macro_auc is None else f"{r.macro_auc:.4f}"))
+    print(f"ECE        {temp['ece_uncalibrated']:.4f} uncalibrated, {r.calibration['ece']:.4f} at temperature "
           f"{temp['value']:.3f}" + (" (fitted now, saved into model.json)" if args.calibrate else ""))
     print(f"worst class {fair['worst_class']} at {fair['worst_accuracy']:.4f} (gap to best {fair['gap']:.4f}); "
           "most confused: " + (", ".join(f"{p['true']}->{p['predicted']} ({p['count']})"
-                                        for p in r["most_confused"][:3]) or "none"))
+                                        for p in r.most_confused[:3]) or "none"))
     lat = eff["latency_ms"]
     print(f"latency at batch 1 p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; "
           f"{eff['throughput']['images_per_second']:,.0f} images/s at batch {eff['throughput']['batch']} "
           f"({eff['device']}, {eff['threads']} threads)")
     print(f"params {eff['params']:,}, FLOPs {eff['flops'] / 1e6:,.2f} M per image")
-    for note in r["notes"]:
+    for note in r.notes:
         print(f"note: {note}")
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")
 
@@ -56,18 +56,17 @@ def _compare(args: argparse.Namespace) -> None:
     from imgclf.evaluate.compare import compare_runs
     from imgclf.evaluate.report import p_value
 
-    result, html = compare_runs(args.runs, source=args.source, data_dir=args.data_dir, split=args.split,
-                                resamples=args.resamples, seed=args.seed, device=args.device,
+    result, html = compare_runs(args.runs, score_on(args), resamples=args.resamples, seed=args.seed,
                                 latency_runs=args.latency_runs, out=args.out, progress=not args.quiet, tta=args.tta)
-    board = result["leaderboard"]
-    width = max(len("run"), *(len(e["name"]) for e in board))
-    print(f"{result['dataset']} {result['split']}, {result['samples']:,} images, 95% bootstrap CIs")
+    board = result.leaderboard
+    width = max(len("run"), *(len(e.name) for e in board))
+    print(f"{result.dataset} {result.split}, {result.samples:,} images, 95% bootstrap CIs")
     print(f"{'run':<{width}}  {'accuracy [95% CI]':<26}{'macro F1':>9}{'params':>12}{'p50 ms':>9}  McNemar p vs best")
     for e in board:
-        low, high = e["ci"]["accuracy"]
-        versus = "best" if e["vs_best"] is None else p_value(e["vs_best"]["p_value"])
-        print(f"{e['name']:<{width}}  {e['accuracy']:.4f} [{low:.4f}, {high:.4f}]  {e['macro_f1']:>9.4f}"
-              f"{e['params']:>12,}{e['latency_ms']['p50']:>9.2f}  {versus}")
-    for p in result["published"]:
+        low, high = e.ci["accuracy"]
+        versus = "best" if e.vs_best is None else p_value(e.vs_best["p_value"])
+        print(f"{e.name:<{width}}  {e.accuracy:.4f} [{low:.4f}, {high:.4f}]  {e.macro_f1:>9.4f}"
+              f"{e.params:>12,}{e.latency_ms['p50']:>9.2f}  {versus}")
+    for p in result.published:
         print(f"published: {p['model']} {p['accuracy']:.4f} ({p['source'].split(',')[0]} et al.)")
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.commands.common import yaml_value
+from imgclf.config import Attack
 from imgclf.errors import ImgclfError
 
 CONFIG_HELP = "a YAML recipe: a file, or a packaged one by name (folder, mnist-fast, ...: imgclf config show NAME)"
@@ -33,7 +35,7 @@ SHORTCUTS = {
     "name": Shortcut("name", "run directory name (default: <model>-<dataset>-<time>)"),
     "out": Shortcut("out", "parent folder of run directories (default runs)"),
     "adversarial": Shortcut("train.adversarial", "adversarial training: fit on attacked images (train.adversarial)",
-                            choices=("none", "fgsm", "pgd")),
+                            choices=typing.get_args(Attack)),
     "eps": Shortcut("train.eps", "adversarial training budget, L-inf in [0, 1] pixels (train.eps)", float),
     "noise": Shortcut("data.noise", "noise augmentation: gaussian std up to this (data.noise)", float),
 }

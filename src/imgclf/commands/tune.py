@@ -30,12 +30,18 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
     from imgclf.training import parse_duration
-    from imgclf.tune import SPACES, load_space, model_space, tune, without_given
+    from imgclf.tune import SPACES, check_space, load_space, model_space, tune, without_given
 
     given = {k: v for k, v in overrides(args).items() if k != "train.time"}  # --time: the search budget
-    config, plan = resolved(args, given)
-    space = model_space(config, plan.train_images) if args.space == "auto" else load_space(args.space)
+    if args.space == "auto":
+        config, plan = resolved(args, given)
+        space = model_space(config, plan.train_images)
+    else:  # a typo in the space fails before the data is read for the recipe
+        space = load_space(args.space)
+        check_space(load_config(args.config, given), without_given(space, given)[0])
+        config, plan = resolved(args, given)
     space, notes = without_given(space, given)
     for note in notes:
         print(f"note: {note}")

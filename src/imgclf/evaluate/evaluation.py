@@ -1,5 +1,8 @@
 """`imgclf evaluate`: a trained model on a labelled split -> every metric with its uncertainty, calibration,
-efficiency and training history, written as report.json and a standalone report.html."""
+efficiency and training history, written as report.json and a standalone report.html.
+
+In three steps: load (open_run, on the data a ScoreOn names), compute (predict -> Predictions, then
+evaluate -> EvalReport; compare.compare takes the same Predictions) and write (write_report)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
+from imgclf.evaluate.results import Result
 from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
@@ -41,6 +45,118 @@ class EvalData:
     split: Split
     targets: np.ndarray  # (N,) indices into the model's classes
     name: str = "test"  # which split it is
+
+
+@dataclass(frozen=True)
+class ScoreOn:
+    """What data to score a model on, and where: shared by evaluate, compare and robustness."""
+
+    source: str | None = None  # a dataset name or folder:PATH; None: the run's own data
+    data_dir: str | Path | None = None  # where that data is (the run's own data, moved)
+    split: str | None = None  # None: test (val where the data has no test split)
+    device: str = "auto"
+
+
+@dataclass
+class OpenRun:
+    """A model (a run directory, or an exported model file) loaded, with the labelled split it is scored on."""
+
+    path: Path  # as given: a run directory, a file in it, or an exported model file
+    model: Classifier | ExportedModel
+    meta: dict  # model.json (or the export's JSON)
+    data: EvalData
+    data_fingerprint: str  # fingerprint() of the split as read (before decoding or resizing)
+    device: torch.device
+    on: ScoreOn
+
+    @property
+    def folder(self) -> Path:
+        return run_folder(self.path)
+
+    @property
+    def exported(self) -> bool:
+        return isinstance(self.model, ExportedModel)
+
+    @property
+    def name(self) -> str:
+        """How a leaderboard calls it: the run's folder name, with the file's name for a file."""
+        return self.folder.name if self.path.is_dir() else f"{self.folder.name}/{self.path.name}"
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what its scores depend on: the weights (sha256), the scored images and the temperature."""
+        parts = (self.meta["sha256"], self.data_fingerprint, repr(self.meta.get("temperature", 1.0)))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def open_run(run: str | Path, on: ScoreOn = ScoreOn()) -> OpenRun:
+    """A run's model (or an exported model file) and the split it is scored on, as `on` says."""
+    model, meta = open_model(run)
+    data = eval_data(run_folder(run), meta, on.source, on.data_dir, on.split)
+    return OpenRun(Path(run), model, meta, data, fingerprint(data.split), device_for(model, on.device), on)
+
+
+@dataclass
+class Predictions:
+    """A model's logits on every image of its split, and its speed there: what reports and comparisons use."""
+
+    run: OpenRun
+    logits: np.ndarray  # (N, K), in the order of run.data
+    efficiency: dict  # parameters, FLOPs, file size, latency and throughput (see efficiency())
+    tta: bool  # the logits are means over each image and its mirror image
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.run.data.targets
+
+
+@dataclass
+class EvalReport(Result):
+    """Everything imgclf evaluate measures; saved as report.json (the fields are its keys, in order)."""
+
+    samples: int
+    accuracy: float
+    top_k: dict  # k, accuracy
+    log_loss: float
+    macro: dict  # precision, recall, f1 (macro averages)
+    weighted: dict
+    per_class: list[dict]  # class, precision, recall, f1, support
+    confusion: list[list[int]]  # (K, K), rows = true class
+    confusion_normalized: list[list[float]]
+    auc: list[float | None]  # one-vs-rest ROC AUC per class (None: undefined)
+    macro_auc: float | None
+    micro_auc: float | None
+    average_precision: list[float | None]
+    macro_average_precision: float | None
+    calibration: dict  # ece, bins (at the served temperature)
+    most_confused: list[dict]
+    fairness: dict  # worst/best class and accuracy, gap
+    run: str  # the run's folder
+    model_file: str
+    model: str  # architecture name
+    dataset: str
+    split: str
+    classes: list[str]
+    created: str  # ISO time
+    confidence_intervals: dict  # level, resamples, seed, accuracy, macro_f1
+    temperature: dict  # value, fitted, ece_uncalibrated, log_loss_uncalibrated
+    efficiency: dict
+    training: dict  # summary, history
+    misclassified: list[dict]  # highest loss first
+    robustness: dict | None  # robustness.json of these weights, with a headline
+    tta: bool = False
+    notes: list[str] = field(default_factory=list)
+    fingerprint: str | None = None  # OpenRun.fingerprint of what was scored (None: not recorded)
+
+    @property
+    def run_summary(self) -> RunSummary | None:
+        """The run's summary.json when it was evaluated (None: it had none)."""
+        return RunSummary.from_json(self.training["summary"]) if self.training["summary"] else None
+
+    @property
+    def robustness_report(self) -> RobustnessReport | None:
+        """The robustness results of these weights (None: not measured)."""
+        return RobustnessReport.from_json(self.robustness) if self.robustness else None
 
 
 def run_config(folder: Path) -> Config | None:
@@ -251,72 +367,89 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _calibrate(folder: Path, meta: dict, model: Classifier, device: torch.device, data_dir: str | Path | None,
-               progress: bool) -> dict:
-    """Fit a temperature on the run's validation split and save it into model.json."""
-    data = eval_data(folder, meta, data_dir=data_dir, split="val")
-    logits = predict_logits(model, data.split, preprocess_of(meta), device, progress=progress)
+def calibrate_run(run: OpenRun, progress: bool = False) -> dict:
+    """Fit a temperature on the run's validation split; saves it into model.json and into `run.meta`."""
+    if run.exported:
+        raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
+                          "carries the temperature).")
+    on = run.on
+    own_data = on.data_dir if on.source is None or _same_source(on.source, run.meta.get("dataset")) else None
+    data = eval_data(run.folder, run.meta, data_dir=own_data, split="val")
+    logits = predict_logits(run.model.to(run.device), data.split, preprocess_of(run.meta), run.device,
+                            progress=progress)
     temperature = metrics.fit_temperature(logits, data.targets)
     before = metrics.calibration(metrics.softmax(logits), data.targets)["ece"]
     after = metrics.calibration(metrics.softmax(logits, temperature), data.targets)["ece"]
     fitted = {"fitted_on": f"{data.dataset.name} validation split", "samples": len(data.targets),
               "val_ece_before": before, "val_ece_after": after,
               "fitted_at": datetime.now(timezone.utc).isoformat()}
-    update_meta(folder, temperature=temperature, calibration=fitted)
+    update_meta(run.folder, temperature=temperature, calibration=fitted)
     log.info("temperature %.4f fitted on %d validation images; saved into %s", temperature, len(data.targets),
-             folder / "model.json")
-    return {"temperature": temperature, **fitted}
+             run.folder / "model.json")
+    run.meta.update(temperature=temperature, calibration={"temperature": temperature, **fitted})
+    return run.meta["calibration"]
 
 
-def evaluate_run(run: str | Path, *, source: str | None = None, data_dir: str | Path | None = None,
-                 split: str | None = None, calibrate: bool = False, resamples: int = 1000, seed: int = 0,
-                 device: str = "auto", latency_runs: int = 100, out: str | Path | None = None,
-                 progress: bool = False, tta: bool = False) -> tuple[dict, Path]:
-    """Evaluate a run directory's model (or an exported model file); writes report.json and report.html into
-    `out` (default: the run's folder) and returns the report and the HTML path. `tta` scores the mean of the
-    logits of each image and its mirror image (test-time augmentation)."""
-    model, meta = open_model(run)
-    exported = isinstance(model, ExportedModel)
-    folder, target = run_folder(run), device_for(model, device)
-    if calibrate and exported:
-        raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
-                          "carries the temperature).")
-    classes, pre = meta["classes"], preprocess_of(meta)
-    data = eval_data(folder, meta, source, data_dir, split)
-    data = replace(data, split=in_memory(data.split, pre))  # image files: decoded once, then from the cache
-    logits = predict_logits(model.to(target), data.split, pre, target, progress=progress, tta=tta)
-    own_data = data_dir if source is None or _same_source(source, meta.get("dataset")) else None
-    fitted = _calibrate(folder, meta, model, target, own_data, progress) if calibrate else meta.get("calibration")
-    temperature = fitted["temperature"] if calibrate else meta.get("temperature", 1.0)
+def predict(run: OpenRun, *, latency_runs: int = 100, tta: bool = False, progress: bool = False) -> Predictions:
+    """The model's logits on every image of its split, and its speed timed there (see efficiency). `tta` scores
+    the mean of the logits of each image and its mirror image (test-time augmentation)."""
+    pre = preprocess_of(run.meta)
+    split = in_memory(run.data.split, pre)  # image files: decoded once for the logits and the timing
+    logits = predict_logits(run.model.to(run.device), split, pre, run.device, progress=progress, tta=tta)
+    return Predictions(run, logits, efficiency(run.model, run.meta, run.folder, split, run.device, latency_runs), tta)
+
+
+def evaluate(predictions: Predictions, *, resamples: int = 1000, seed: int = 0) -> EvalReport:
+    """Every metric of a model's predictions, with bootstrap intervals, calibration, speed and training history."""
+    run, logits, targets = predictions.run, predictions.logits, predictions.targets
+    classes, data = run.meta["classes"], run.data
+    temperature = run.meta.get("temperature", 1.0)
     raw = metrics.softmax(logits)
     probs = metrics.softmax(logits, temperature)  # what predict and serve return
-    report = metrics.classification_report(probs, data.targets, classes)
-    curves = report.pop("curves")
-    uncalibrated = metrics.calibration(raw, data.targets)
-    predicted = probs.argmax(axis=1)
-    robust = robustness_record(folder, meta)
-    report.update({
-        "run": str(folder), "model_file": str(run) if exported else str(folder / "model.safetensors"),
-        "model": meta["architecture"]["name"], "dataset": data.dataset.name, "split": data.name,
-        "classes": classes, "created": datetime.now(timezone.utc).isoformat(),
-        "confidence_intervals": {"level": 0.95, "resamples": resamples, "seed": seed,
-                                 **accuracy_and_f1_ci(data.targets, predicted, len(classes), resamples, seed)},
-        "temperature": {"value": temperature, "fitted": fitted, "ece_uncalibrated": uncalibrated["ece"],
-                        "log_loss_uncalibrated": metrics.log_loss(raw, data.targets)},
-        "efficiency": efficiency(model, meta, folder, data.split, target, latency_runs),
-        "training": training_record(folder),
-        "misclassified": _misclassified(probs, data.targets, classes),
-        "robustness": None if robust is None else {**robust.to_json(), "headline": robust.headline.to_json()},
-        "tta": tta, "notes": input_notes(data.split, pre) + (
+    scored = metrics.classification_report(probs, targets, classes)
+    del scored["curves"]  # drawn by the HTML writer
+    robust = robustness_record(run.folder, run.meta)
+    return EvalReport(
+        **scored, run=str(run.folder),
+        model_file=str(run.path) if run.exported else str(run.folder / "model.safetensors"),
+        model=run.meta["architecture"]["name"], dataset=data.dataset.name, split=data.name, classes=classes,
+        created=datetime.now(timezone.utc).isoformat(),
+        confidence_intervals={"level": 0.95, "resamples": resamples, "seed": seed, **accuracy_and_f1_ci(
+            targets, probs.argmax(axis=1), len(classes), resamples, seed)},
+        temperature={"value": temperature, "fitted": run.meta.get("calibration"),
+                     "ece_uncalibrated": metrics.calibration(raw, targets)["ece"],
+                     "log_loss_uncalibrated": metrics.log_loss(raw, targets)},
+        efficiency=predictions.efficiency, training=training_record(run.folder),
+        misclassified=_misclassified(probs, targets, classes),
+        robustness=None if robust is None else {**robust.to_json(), "headline": robust.headline.to_json()},
+        tta=predictions.tta, notes=input_notes(data.split, preprocess_of(run.meta)) + (
             ["scored with test-time augmentation: the mean of each image's and its mirror image's logits (latency "
-             "and throughput are of one pass)"] if tta else []),
-    })
-    figures = _figures(report, curves, uncalibrated, data, pre)
-    out = Path(out) if out else folder / f"report-{Path(run).name}" if exported else folder  # keep the run's own
+             "and throughput are of one pass)"] if predictions.tta else []),
+        fingerprint=run.fingerprint)
+
+
+def write_report(report: EvalReport, predictions: Predictions, out: Path) -> Path:
+    """report.json and the standalone report.html (plots drawn from the predictions) into `out`; the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(out / "report.html", lambda tmp: tmp.write_text(render_report(report, figures)))
-    return report, out / "report.html"
+    report.save(out / "report.json")
+    html = render_report(report, _figures(report, predictions))
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
+    return out / "report.html"
+
+
+def evaluate_run(run: str | Path, on: ScoreOn = ScoreOn(), *, calibrate: bool = False, resamples: int = 1000,
+                 seed: int = 0, latency_runs: int = 100, out: str | Path | None = None, progress: bool = False,
+                 tta: bool = False) -> tuple[EvalReport, Path]:
+    """`imgclf evaluate`: open, (calibrate,) predict, evaluate and write report.json and report.html into `out`
+    (default: the run's folder; beside it for an exported model); returns the report and the HTML path."""
+    opened = open_run(run, on)
+    if calibrate:
+        calibrate_run(opened, progress)
+    predictions = predict(opened, latency_runs=latency_runs, tta=tta, progress=progress)
+    report = evaluate(predictions, resamples=resamples, seed=seed)
+    folder = opened.folder
+    out = Path(out) if out else folder / f"report-{opened.path.name}" if opened.exported else folder
+    return report, write_report(report, predictions, out)
 
 
 def _misclassified(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> list[dict]:
@@ -329,27 +462,29 @@ def _misclassified(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -
             for i in wrong[np.argsort(-loss[wrong], kind="stable")][:GALLERY]]
 
 
-def _figures(report: dict, curves: dict, uncalibrated: dict, data: EvalData, pre: Preprocess) -> dict[str, bytes]:
+def _figures(report: EvalReport, predictions: Predictions) -> dict[str, bytes]:
     """The report's plots as PNG bytes, by section."""
-    classes, history = report["classes"], report["training"]["history"]
-    calibrated = report["temperature"]["value"] != 1.0
+    classes, history, temperature = report.classes, report.training["history"], report.temperature["value"]
+    curves = metrics.roc_pr(metrics.softmax(predictions.logits, temperature), predictions.targets)["curves"]
+    uncalibrated = metrics.calibration(metrics.softmax(predictions.logits), predictions.targets)
+    calibrated = temperature != 1.0
     figures = {
-        "confusion": plots.confusion_plot(report["confusion"], classes, "confusion matrix (counts)", ".0f"),
-        "confusion_normalized": plots.confusion_plot(report["confusion_normalized"], classes,
+        "confusion": plots.confusion_plot(report.confusion, classes, "confusion matrix (counts)", ".0f"),
+        "confusion_normalized": plots.confusion_plot(report.confusion_normalized, classes,
                                                      "confusion matrix (share of each true class)", ".2f"),
-        "roc": plots.curves_plot(curves["roc"], classes, "roc", report["auc"], curves["micro_roc"]),
-        "pr": plots.curves_plot(curves["pr"], classes, "pr", report["average_precision"]),
+        "roc": plots.curves_plot(curves["roc"], classes, "roc", report.auc, curves["micro_roc"]),
+        "pr": plots.curves_plot(curves["pr"], classes, "pr", report.average_precision),
         "reliability": plots.reliability_plot(uncalibrated["bins"], uncalibrated["ece"],
-                                              report["calibration"]["bins"] if calibrated else None,
-                                              report["calibration"]["ece"] if calibrated else None),
+                                              report.calibration["bins"] if calibrated else None,
+                                              report.calibration["ece"] if calibrated else None),
     }
     if history:
         figures["curves"] = plots.training_curves(history)
-    if report["robustness"]:
-        figures["robustness"] = plots.robustness_plot(RobustnessReport.from_json(report["robustness"]))
-    if report["misclassified"]:
-        shown = report["misclassified"]
-        images = [pre.prepare(data.split[m["index"]][0]).numpy() for m in shown]
+    if report.robustness:
+        figures["robustness"] = plots.robustness_plot(report.robustness_report)
+    if report.misclassified:
+        shown, pre, split = report.misclassified, preprocess_of(predictions.run.meta), predictions.run.data.split
+        images = [pre.prepare(split[m["index"]][0]).numpy() for m in shown]
         figures["misclassified"] = plots.gallery(
             images, [f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})" for m in shown])
     return figures

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,6 +15,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from imgclf.evaluate.robustness_report import RobustnessReport
+
+if TYPE_CHECKING:
+    from imgclf.evaluate.compare import Ranked
 
 
 def _png(fig) -> bytes:
@@ -120,13 +124,13 @@ def gallery(images: list[np.ndarray], titles: list[str], columns: int = 8) -> by
     return _png(fig)
 
 
-def accuracy_latency_plot(leaderboard: list[dict]) -> bytes:
+def accuracy_latency_plot(leaderboard: list[Ranked]) -> bytes:
     """Each model's accuracy (with its confidence interval) against its median latency at batch 1."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
     for e in leaderboard:
-        (low, high), latency = e["ci"]["accuracy"], e["latency_ms"]["p50"]
-        ax.errorbar(latency, e["accuracy"], yerr=[[e["accuracy"] - low], [high - e["accuracy"]]], fmt="o", capsize=3)
-        ax.annotate(e["name"], (latency, e["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        (low, high), latency = e.ci["accuracy"], e.latency_ms["p50"]
+        ax.errorbar(latency, e.accuracy, yerr=[[e.accuracy - low], [high - e.accuracy]], fmt="o", capsize=3)
+        ax.annotate(e.name, (latency, e.accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set(xscale="log", xlabel="latency at batch 1, median (ms, log scale)", ylabel="accuracy",
            title="accuracy vs latency (95% CI)")
     ax.grid(alpha=0.3)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 from html import escape
+from typing import TYPE_CHECKING
 
 from imgclf.evaluate.robustness_report import RobustnessReport
-from imgclf.training.summary import RunSummary
+
+if TYPE_CHECKING:
+    from imgclf.evaluate.evaluation import EvalReport
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -48,17 +51,17 @@ def p_value(p: float) -> str:
     return f"{p:.3g}" if p > 0 else "< 1e-300"
 
 
-def render_report(r: dict, figures: dict[str, bytes]) -> str:
-    """The evaluation report of evaluate_run as one HTML document."""
-    ci, eff, temp, fair = r["confidence_intervals"], r["efficiency"], r["temperature"], r["fairness"]
-    train = RunSummary.from_json(r["training"]["summary"]) if r["training"]["summary"] else None
+def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
+    """An evaluation report as one HTML document, with its plots (PNG bytes by section)."""
+    ci, eff, temp, fair = r.confidence_intervals, r.efficiency, r.temperature, r.fairness
+    train = r.run_summary
     headline = table(["metric", "value"], [
-        ["samples", f"{r['samples']:,} ({r['dataset']} {r['split']})"],
-        ["accuracy [95% bootstrap CI]", interval(r["accuracy"], ci["accuracy"])],
-        ["macro F1 [95% bootstrap CI]", interval(r["macro"]["f1"], ci["macro_f1"])],
-        [f"top-{r['top_k']['k']} accuracy", r["top_k"]["accuracy"]], ["log loss", r["log_loss"]],
-        ["ROC AUC macro / micro", f"{_num(r['macro_auc'])} / {_num(r['micro_auc'])}"],
-        ["ECE (15 bins) before / after temperature", f"{temp['ece_uncalibrated']:.4f} / {r['calibration']['ece']:.4f}"],
+        ["samples", f"{r.samples:,} ({r.dataset} {r.split})"],
+        ["accuracy [95% bootstrap CI]", interval(r.accuracy, ci["accuracy"])],
+        ["macro F1 [95% bootstrap CI]", interval(r.macro["f1"], ci["macro_f1"])],
+        [f"top-{r.top_k['k']} accuracy", r.top_k["accuracy"]], ["log loss", r.log_loss],
+        ["ROC AUC macro / micro", f"{_num(r.macro_auc)} / {_num(r.micro_auc)}"],
+        ["ECE (15 bins) before / after temperature", f"{temp['ece_uncalibrated']:.4f} / {r.calibration['ece']:.4f}"],
         ["worst class accuracy", f"{fair['worst_accuracy']:.4f} (class {fair['worst_class']})"],
         ["latency at batch 1 p50 / p99", f"{eff['latency_ms']['p50']:.2f} / {eff['latency_ms']['p99']:.2f} ms"],
         ["parameters / FLOPs per image", f"{eff['params']:,} / {eff['flops']:,}"],
@@ -66,20 +69,21 @@ def render_report(r: dict, figures: dict[str, bytes]) -> str:
     ])
     per_class = table(["class", "precision", "recall", "F1", "support", "ROC AUC", "average precision"],
                       [[row["class"], row["precision"], row["recall"], row["f1"], row["support"], auc, ap]
-                       for row, auc, ap in zip(r["per_class"], r["auc"], r["average_precision"], strict=True)]
-                      + [[f"{avg} average", r[avg]["precision"], r[avg]["recall"], r[avg]["f1"], r["samples"],
-                          r["macro_auc"] if avg == "macro" else None,
-                          r["macro_average_precision"] if avg == "macro" else None] for avg in ("macro", "weighted")])
+                       for row, auc, ap in zip(r.per_class, r.auc, r.average_precision, strict=True)]
+                      + [[f"{avg} average", means["precision"], means["recall"], means["f1"], r.samples,
+                          r.macro_auc if avg == "macro" else None,
+                          r.macro_average_precision if avg == "macro" else None]
+                         for avg, means in (("macro", r.macro), ("weighted", r.weighted))])
     fitted = temp["fitted"]
     calibration = (f"<p>Temperature {temp['value']:.4f}"
                    + (f", fitted on the {escape(fitted['fitted_on'])} ({fitted['samples']:,} images)" if fitted else
                       " (none fitted: run <code>imgclf evaluate RUN --calibrate</code>)")
                    + f". Expected calibration error on this split: {temp['ece_uncalibrated']:.4f} uncalibrated, "
-                     f"{r['calibration']['ece']:.4f} as served. Log loss {temp['log_loss_uncalibrated']:.4f} "
-                     f"uncalibrated, {r['log_loss']:.4f} as served.</p>"
+                     f"{r.calibration['ece']:.4f} as served. Log loss {temp['log_loss_uncalibrated']:.4f} "
+                     f"uncalibrated, {r.log_loss:.4f} as served.</p>"
                    + figure(figures.get("reliability"), "reliability diagram"))
     confused = table(["true", "predicted as", "count", "share of the true class"],
-                     [[p["true"], p["predicted"], p["count"], p["share_of_true"]] for p in r["most_confused"]])
+                     [[p["true"], p["predicted"], p["count"], p["share_of_true"]] for p in r.most_confused])
     efficiency = table(["measure", "value"], [
         ["parameters", f"{eff['params']:,}"],
         ["multiply-adds / FLOPs per image", f"{eff['macs']:,} / {eff['flops']:,}"],
@@ -92,22 +96,21 @@ def render_report(r: dict, figures: dict[str, bytes]) -> str:
     fairness = table(["", "class", "accuracy (recall)"],
                      [["worst", fair["worst_class"], fair["worst_accuracy"]],
                       ["best", fair["best_class"], fair["best_accuracy"]], ["gap", "", fair["gap"]]])
-    notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in r["notes"])
-    return page(f"{r['model']} on {r['dataset']} ({r['split']})", [
-        ("Summary", f"<p class='note'>Run {escape(r['run'])}, evaluated {escape(r['created'])}.</p>{notes}{headline}"),
+    notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in r.notes)
+    return page(f"{r.model} on {r.dataset} ({r.split})", [
+        ("Summary", f"<p class='note'>Run {escape(r.run)}, evaluated {escape(r.created)}.</p>{notes}{headline}"),
         ("Training curves", figure(figures.get("curves"), "loss and accuracy per epoch")),
         ("Classification report", per_class),
         ("Confusion matrix", figure(figures["confusion"], "confusion matrix")
          + figure(figures["confusion_normalized"], "normalized confusion matrix")),
         ("ROC and precision-recall", figure(figures["roc"], "ROC curves") + figure(figures["pr"], "PR curves")),
         ("Calibration", calibration),
-        ("Most confused pairs", confused if r["most_confused"] else "<p>No mistakes.</p>"),
+        ("Most confused pairs", confused if r.most_confused else "<p>No mistakes.</p>"),
         ("Misclassified images", "<p class='note'>Highest loss first: true -> predicted (confidence).</p>"
-         + figure(figures.get("misclassified"), "misclassified images") if r["misclassified"] else ""),
+         + figure(figures.get("misclassified"), "misclassified images") if r.misclassified else ""),
         ("Efficiency", efficiency),
         ("Fairness", fairness),
-        ("Robustness", robustness_section(RobustnessReport.from_json(r["robustness"]), figures.get("robustness"))
-         if r["robustness"] else ""),
+        ("Robustness", robustness_section(r.robustness_report, figures.get("robustness")) if r.robustness else ""),
     ])
 
 

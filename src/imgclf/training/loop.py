@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import re
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -20,28 +19,16 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from imgclf.attacks import ATTACKS, pgd
-from imgclf.config import Config, absolute_paths, load_config
-from imgclf.data import (
-    FileSplit,
-    Split,
-    augment_preset,
-    batches,
-    default_preprocess,
-    in_memory,
-    load_dataset,
-    membership,
-    train_val,
-    with_extra,
-)
+from imgclf.attacks import pgd
+from imgclf.config import Config, absolute_paths, check_config, load_config
+from imgclf.data import FileSplit, Split, batches, membership
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError
-from imgclf.models import create_model
-from imgclf.models.summary import collapsed_note
+from imgclf.models import model_entry
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
-from imgclf.training.optim import make_optimizer, make_schedule
+from imgclf.training.parts import build_parts
 from imgclf.training.recipe import resolve
 from imgclf.training.summary import Best, RunSummary, StopReason
 
@@ -164,148 +151,54 @@ def _ema_with_warmup(decay: float):
 
 
 def check_settings(config: Config) -> None:
-    """Out-of-range values, each with one sentence, before anything is loaded or written."""
-    cfg, data = config.train, config.data
-    checks = [
-        (cfg.batch_size >= 1, f"train.batch_size must be at least 1, got {cfg.batch_size}"),
-        (math.isfinite(cfg.epochs) and cfg.epochs > 0, f"train.epochs must be a positive number, got {cfg.epochs}"),
-        (math.isfinite(cfg.lr) and cfg.lr >= 0, f"train.lr must be zero or positive, got {cfg.lr}"),
-        (0 <= cfg.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}"),
-        (cfg.step_epochs >= 1, f"train.step_epochs must be at least 1, got {cfg.step_epochs}"),
-        (cfg.ema is None or 0 < cfg.ema < 1, f"train.ema must be between 0 and 1, e.g. 0.999, got {cfg.ema}"),
-        (cfg.clip is None or cfg.clip > 0, f"train.clip must be positive, got {cfg.clip}"),
-        (cfg.freeze_epochs >= 0 and cfg.backbone_lr >= 0, "train.freeze_epochs and train.backbone_lr must be >= 0"),
-        (cfg.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16: {cfg.precision!r}"),
-        (cfg.nonfinite in ("stop", "skip"), f"train.nonfinite must be stop or skip, got {cfg.nonfinite!r}"),
-        (cfg.monitor in ("val_acc", "val_loss"), f"train.monitor must be val_acc or val_loss, got {cfg.monitor!r}"),
-        (0 <= data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {data.val_fraction}"),
-        (data.test_fraction is None or (data.test_fraction >= 0 and data.val_fraction + data.test_fraction < 1),
-         f"data.test_fraction must be 0 or more and leave training images beside data.val_fraction, got "
-         f"{data.test_fraction} with val_fraction {data.val_fraction}"),
-        (data.subset is None or data.subset >= 1, f"data.subset must be at least 1, got {data.subset}"),
-        (cfg.adversarial in ("none", *ATTACKS), f"train.adversarial must be none, fgsm or pgd: {cfg.adversarial!r}"),
-        (0 < cfg.eps <= 1, f"train.eps is in pixel units of images scaled to [0, 1]: (0, 1], got {cfg.eps}"),
-        (cfg.attack_steps >= 1, f"train.attack_steps must be at least 1, got {cfg.attack_steps}"),
-        (data.noise >= 0, f"data.noise must be 0 or more (a std in pixel units), got {data.noise}"),
-        (data.num_workers >= 0, f"data.num_workers must be 0 or more, got {data.num_workers}"),
-        (cfg.dist_timeout > 0, f"train.dist_timeout must be a positive number of seconds, got {cfg.dist_timeout}"),
-        (data.folds is None or 0 <= data.fold < data.folds >= 2,
-         f"data.folds must be at least 2 and data.fold in 0..folds-1, got folds {data.folds}, fold {data.fold}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ImgclfError(message + ".")
-    if cfg.time is not None and parse_duration(cfg.time) <= 0:
-        raise ImgclfError(f"train.time must be a positive duration such as 5m, got {cfg.time!r}.")
+    """The config's values (config.py's rules), its model and its time budget, before anything is loaded or
+    written."""
+    check_config(config)
+    if config.model.name != "auto":
+        model_entry(config.model.name)
+    if config.train.time is not None and parse_duration(config.train.time) <= 0:
+        raise ImgclfError(f"train.time must be a positive duration such as 5m, got {config.train.time!r}.")
 
 
 class Trainer:
-    """Everything one run needs, its resumable state, and the loop."""
+    """The loop of one run and its resumable state, around the parts it trains (built by `build_parts`)."""
 
     def __init__(self, config: Config, folder: Path, progress: bool,
                  on_epoch: Callable[[dict], bool] | None = None, test: bool = True, *, group: Group = SINGLE) -> None:
         self.config, self.folder, self.progress, self.on_epoch, self.test = config, folder, progress, on_epoch, test
-        cfg, data = config.train, config.data
-        torch.manual_seed(cfg.seed)
+        cfg, self.group = config.train, group
         check_settings(config)
-        self.group = group
-        self.device = group.place(pick_device(cfg.device))
-        if cfg.batch_size % group.world:
-            raise ImgclfError(f"train.batch_size is the global batch, split evenly among the {group.world} "
-                              f"processes; {cfg.batch_size} does not divide by {group.world}: use a multiple of it.")
-        if cfg.sync_bn and group.active and self.device.type != "cuda":
-            raise ImgclfError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm runs on CUDA); on CPU leave it "
-                              "off: each process then normalizes over its own share of the batch.")
-        if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise ImgclfError(f"precision fp16 is not supported on {self.device.type}; use fp32 or bf16 "
-                              "(fp16 needs CUDA).")
+        self.parts = build_parts(config, group, fresh=not (folder / "state.pt").is_file())  # resumed: state.pt
         self.budget = parse_duration(cfg.time) if cfg.time else None
-        self.dataset = load_dataset(data.dataset, data.data_dir, fractions=data.fractions(), seed=data.split_seed,
-                                    strict=data.strict)
-        self.train_split, self.val_split = train_val(self.dataset, data.subset, data.val_fraction, data.split_seed,
-                                                     data.folds, data.fold)
-        # the files of each split, before extra images join and before decoding into memory
-        self.files = {"train": self.train_split, "val": self.val_split, "test": self.dataset.splits.get("test")}
-        if data.extra:
-            self.train_split = with_extra(self.train_split, self.dataset.classes, Path(data.extra).expanduser())
-        if self.val_split is None and (cfg.schedule == "plateau" or cfg.early_stop):
-            raise ImgclfError("the plateau schedule and early stopping watch the validation split; set "
-                              "data.val_fraction above 0 (e.g. 0.1).")
-        data_pre = default_preprocess(self.dataset)
-        self.model = create_model(config.model.name, len(self.dataset.classes), data.channels or data_pre.channels,
-                                  data.image_size, pretrained=config.model.pretrained, weights=config.model.weights,
-                                  freeze="backbone" if cfg.freeze_epochs else config.model.freeze,
-                                  **config.model.options).to(self.device)
-        if group.main and (note := collapsed_note(self.model)):  # once per run, from the first process
-            log.warning("%s %s", config.model.name, note)
-        if config.model.init and not (folder / "state.pt").is_file():  # a resumed run has its own weights
-            self._start_from(config.model.init)
-        if cfg.sync_bn and group.active:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if group.rank:  # the same initial weights everywhere, but each process its own dropout and augmentation
-            torch.manual_seed(cfg.seed + 7919 * group.rank)
-        self.preprocess = self.model.input_spec.preprocess(data_pre)
-        self.train_split, self.val_split = (in_memory(s, self.preprocess, data.in_memory, data.memory_limit_gb,
-                                                       data.num_workers) for s in (self.train_split, self.val_split))
-        self.augment = replace(augment_preset(self.dataset.kind if data.augment == "auto" else data.augment),
-                               noise=data.noise)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = AveragedModel(self.model, avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True) if cfg.ema else None
+        model = self.parts.model
+        self.ema = AveragedModel(model, avg_fn=_ema_with_warmup(cfg.ema), use_buffers=True) if cfg.ema else None
         self.local_batch = cfg.batch_size // group.world  # this process's share of each global batch
-        self.val_shard = self.val_split  # each process validates every world-th image; the sums are combined
-        if group.active and self.val_split is not None:
-            if len(self.val_split) < group.world:
-                raise ImgclfError(f"the {len(self.val_split)} validation images cannot be shared among "
-                                  f"{group.world} processes; raise data.val_fraction or data.subset.")
-            self.val_shard = self.val_split.take(range(group.rank, len(self.val_split), group.world))
-        self.steps_per_epoch = len(self.train_split) // cfg.batch_size
-        if self.steps_per_epoch < 1:
-            raise ImgclfError(f"batch size {cfg.batch_size} is larger than the {len(self.train_split)} training "
-                              "images; lower train.batch_size.")
-        self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.schedule, self.per_step = make_schedule(self.optimizer, cfg, self.steps_per_epoch, self.total_steps)
-        self.loss_weights = self._class_weights() if cfg.class_weights else None
-        self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
         # resumable state
         self.epoch, self.batch, self.step, self.skipped, self.bad_epochs, self.elapsed = 0, 0, 0, 0, 0, 0.0
         self.session_start = time.monotonic()  # elapsed counts training time over all sessions of the run
         self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * group.rank)
-        self.net, self.trainable = self.model, None  # the model as the forward pass sees it (DDP under torchrun)
+        self.net, self.trainable = model, None  # the model as the forward pass sees it (DDP under torchrun)
         self.partial = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: list[dict] = []
         self.best: dict = {}
 
     def save_membership(self) -> None:
         """data.json: which files each split holds, to evaluate the run anywhere (image folders only)."""
-        if self.config.data.dataset.startswith("folder:") and isinstance(self.files["train"], FileSplit):
-            found = membership.record(Path(self.config.data.dataset[7:]), self.dataset.classes, self.files)
+        if self.config.data.dataset.startswith("folder:") and isinstance(self.parts.files["train"], FileSplit):
+            found = membership.record(Path(self.config.data.dataset[7:]), self.parts.dataset.classes, self.parts.files)
             atomic_write(self.folder / membership.FILE, lambda tmp: tmp.write_text(json.dumps(found) + "\n"))
-
-    def _start_from(self, run: str) -> None:
-        """Fine-tuning: the weights of another run of the same model on the same classes."""
-        source, meta = load_model(run)
-        if meta["classes"] != self.dataset.classes:
-            raise ImgclfError(f"model.init {run} was trained on the classes {meta['classes']}, not this dataset's "
-                              f"{self.dataset.classes}; fine-tune a run of the same dataset.")
-        try:
-            self.model.load_state_dict(source.state_dict())
-        except RuntimeError as err:
-            raise ImgclfError(f"model.init {run} is a {meta['architecture']['name']} that does not fit "
-                              f"{self.config.model.name} as configured ({str(err).splitlines()[0]}).") from err
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
+        return {"model": self.parts.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": self.parts.optimizer.state_dict(), "schedule": self.parts.schedule.state_dict(),
+                "scaler": self.parts.scaler.state_dict(), "epoch": self.epoch, "batch": self.batch, "step": self.step,
                 "skipped": self.skipped, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed_now(),
                 **self._rng_state(), "partial": dict(self.partial), "history": self.history, "best": self.best}
 
     def _rng_state(self) -> dict:
         return {"aug_rng": self.aug_rng.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.parts.device.type == "cuda" else []}
 
     def restore(self) -> None:
         """Load state.pt (weights_only: plain tensors and numbers) and carry on from it."""
@@ -316,12 +209,12 @@ class Trainer:
             raise TrainingError(f"{path} is damaged and cannot be resumed ({str(err).splitlines()[0]}). The "
                                 f"best model so far is still in {self.folder / 'model.safetensors'}; start a new "
                                 "run to train further.") from err
-        self.model.load_state_dict(state["model"])
+        self.parts.model.load_state_dict(state["model"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.parts.optimizer.load_state_dict(state["optimizer"])
+        self.parts.schedule.load_state_dict(state["schedule"])
+        self.parts.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "batch", "step", "skipped", "bad_epochs", "elapsed", "partial", "history", "best"):
             setattr(self, key, state[key])
         ranks = [state, *state.get("other_ranks", [])]  # random streams: rank 0's, then one per other process
@@ -333,7 +226,7 @@ class Trainer:
             rng = ranks[self.group.rank]
             self.aug_rng.set_state(rng["aug_rng"])
             torch.set_rng_state(rng["torch_rng"])
-            if self.device.type == "cuda" and rng["cuda_rng"]:
+            if self.parts.device.type == "cuda" and rng["cuda_rng"]:
                 torch.cuda.set_rng_state_all(rng["cuda_rng"])
         log.info("resuming %s at epoch %d, step %d", self.folder, self.epoch + 1, self.step)
 
@@ -350,18 +243,18 @@ class Trainer:
         self.session_start, steps_at_start, stop = time.monotonic(), self.step, None
         previous = self._catch_signals()
         try:
-            while self.step < self.total_steps and not stop:
+            while self.step < self.parts.total_steps and not stop:
                 # transfer learning: only the head for the first freeze_epochs, then the configured freeze
                 frozen = cfg.freeze_epochs and self.epoch < cfg.freeze_epochs
-                self.model.freeze("backbone" if frozen else self.config.model.freeze)
-                trainable = [p.requires_grad for p in self.model.parameters()]
+                self.parts.model.freeze("backbone" if frozen else self.config.model.freeze)
+                trainable = [p.requires_grad for p in self.parts.model.parameters()]
                 if trainable != self.trainable:  # DDP synchronizes the parameters that train when it is built
-                    self.net, self.trainable = self.group.wrap(self.model, self.device), trainable
-                order = torch.randperm(len(self.train_split),
+                    self.net, self.trainable = self.group.wrap(self.parts.model, self.parts.device), trainable
+                order = torch.randperm(len(self.parts.train_split),
                                        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
                 order = self.group.shard(order[self.batch * cfg.batch_size:], cfg.batch_size)
                 stop = self._train_epoch(order, steps_at_start, max_steps)
-                if not stop or self.batch == self.steps_per_epoch:
+                if not stop or self.batch == self.parts.steps_per_epoch:
                     stop = self._end_epoch() or stop
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the step loop
             stop = StopReason.INTERRUPTED
@@ -392,67 +285,56 @@ class Trainer:
 
     def _train_epoch(self, order: torch.Tensor, steps_at_start: int, max_steps: int | None) -> StopReason | None:
         """Steps over `order` until the epoch, the step count or a budget ends; returns why it stopped early."""
-        self.model.train()
-        remaining = min(len(order) // self.local_batch, self.total_steps - self.step)
+        self.parts.model.train()
+        remaining = min(len(order) // self.local_batch, self.parts.total_steps - self.step)
         bar = tqdm(total=remaining, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not self.progress)
-        stream = batches(self.train_split, self.preprocess, self.local_batch, order=order, augment=self.augment,
-                         generator=self.aug_rng, device=self.device, num_workers=self.config.data.num_workers,
+        parts = self.parts
+        stream = batches(parts.train_split, parts.preprocess, self.local_batch, order=order, augment=parts.augment,
+                         generator=self.aug_rng, device=parts.device, num_workers=self.config.data.num_workers,
                          drop_last=True)
         with bar:
             for x, y in stream:
                 self._step(x, y)
                 bar.update()
                 bar.set_postfix(loss=f"{self.partial['loss'] / max(1, self.partial['count']):.4f}", refresh=False)
-                if self.step >= self.total_steps:
+                if self.step >= self.parts.total_steps:
                     break
                 reason = (StopReason.INTERRUPTED if self.interrupted else
                           StopReason.TIME if self.budget and time.monotonic() - self.session_start >= self.budget else
                           StopReason.MAX_STEPS if max_steps is not None and self.step - steps_at_start >= max_steps
                           else None)
-                reason = self.group.first(_STOPS, reason, self.device)  # all processes stop after the same step
+                reason = self.group.first(_STOPS, reason, self.parts.device)  # all processes stop after the same step
                 if reason:
                     return reason
         return None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        cfg = self.config.train
+        cfg, parts = self.config.train, self.parts
         if cfg.adversarial != "none":
             x = self._adversarial(x, y)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
-                                  enabled=cfg.precision != "fp32")
         # skipping a bad batch must also undo what its forward pass did to batch norm statistics
-        buffers = [b.clone() for b in self.model.buffers()] if cfg.nonfinite == "skip" else []
-        with autocast:
-            logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), y, weight=self.loss_weights, label_smoothing=cfg.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
+        buffers = [b.clone() for b in parts.model.buffers()] if cfg.nonfinite == "skip" else []
+        logits, loss = parts.batch_loss(self.net, x, y)
         finite = bool(torch.isfinite(loss))
         # summed over the processes: every one skips a step if any has a non-finite loss
         loss_sum, correct, count, bad = self.group.sum(
             [loss.item() * len(y) if finite else 0.0, float((logits.argmax(1) == y).sum()), len(y), not finite],
-            self.device)
+            parts.device)
         if bad:
             self._nonfinite(loss.item() if not finite else "non-finite in another process")
             with torch.no_grad():
-                for saved, buffer in zip(buffers, self.model.buffers(), strict=True):
+                for saved, buffer in zip(buffers, parts.model.buffers(), strict=True):
                     buffer.copy_(saved)
         else:
-            self.scaler.scale(loss).backward()
-            if cfg.clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            parts.update(loss)
             if self.ema:
-                self.ema.update_parameters(self.model)
+                self.ema.update_parameters(parts.model)
             self.partial["loss"] += loss_sum
             self.partial["correct"] += int(correct)
             self.partial["count"] += int(count)
-            if self.per_step:
-                self.schedule.step()
+            if parts.per_step:
+                parts.schedule.step()
         self.step += 1
         self.batch += 1
 
@@ -461,18 +343,18 @@ class Trainer:
         runs with the model in eval mode, so it does not move batch norm statistics. fgsm trains as Wong et
         al. 2020 do: one step of 1.25 eps from a random start, which plain FGSM training lacks (it overfits
         to its own attack)."""
-        cfg, pre = self.config.train, self.preprocess
+        cfg, pre = self.config.train, self.parts.preprocess
         steps, size = (1, 1.25 * cfg.eps) if cfg.adversarial == "fgsm" else (cfg.attack_steps, None)
-        self.model.eval()
+        self.parts.model.eval()
         try:
-            adv = pgd(lambda p: self.model(pre.normalize(p)), pre.denormalize(x), y, cfg.eps, steps=steps,
+            adv = pgd(lambda p: self.parts.model(pre.normalize(p)), pre.denormalize(x), y, cfg.eps, steps=steps,
                       step_size=size, generator=self.aug_rng)
         finally:
-            self.model.train()
+            self.parts.model.train()
         return pre.normalize(adv)
 
     def _nonfinite(self, loss: float | str) -> None:
-        where = f"epoch {self.epoch + 1}, step {self.step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g})"
+        where = f"epoch {self.epoch + 1}, step {self.step + 1} (lr {self.parts.optimizer.param_groups[0]['lr']:.3g})"
         if self.config.train.nonfinite == "skip" and self.skipped < 100:
             self.skipped += 1
             log.warning("loss is %s at %s; step skipped", loss, where)
@@ -485,18 +367,18 @@ class Trainer:
     def _end_epoch(self) -> StopReason | None:
         """Validate, log a row, keep the best weights, checkpoint; returns a reason to stop, if any."""
         cfg = self.config.train
-        complete = self.batch == self.steps_per_epoch  # else the run's last, fractional epoch
-        row = {"epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / self.steps_per_epoch, 4),
+        complete = self.batch == self.parts.steps_per_epoch  # else the run's last, fractional epoch
+        row = {"epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / self.parts.steps_per_epoch, 4),
                "step": self.step,
                "train_loss": self.partial["loss"] / max(1, self.partial["count"]),
                "train_acc": self.partial["correct"] / max(1, self.partial["count"]),
-               **self.validate(), "lr": self.optimizer.param_groups[-1]["lr"],
+               **self.validate(), "lr": self.parts.optimizer.param_groups[-1]["lr"],
                "seconds": round(self.elapsed_now(), 2)}
         self.history.append(row)
         if complete:  # a fractional epoch keeps its place, so a longer resumed run finishes that same epoch
             self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
-        if not self.per_step:
-            self.schedule.step(row.get(cfg.monitor, row["train_loss"]))
+        if not self.parts.per_step:
+            self.parts.schedule.step(row.get(cfg.monitor, row["train_loss"]))
         improved = self._keep_if_best(row)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         if self.group.main:
@@ -512,31 +394,31 @@ class Trainer:
 
     def validate(self) -> dict:
         """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
-        if self.val_split is None:
+        if self.parts.val_split is None:
             return {}
-        self.group.same_buffers(self.model, *([self.ema] if self.ema else []))
-        loss, correct = self._scores(self.ema.module if self.ema else self.model, self.val_shard)
-        loss, correct, count = self.group.sum([loss, correct, len(self.val_shard)], self.device)
-        self.model.train()
+        self.group.same_buffers(self.parts.model, *([self.ema] if self.ema else []))
+        loss, correct = self._scores(self.ema.module if self.ema else self.parts.model, self.parts.val_shard)
+        loss, correct, count = self.group.sum([loss, correct, len(self.parts.val_shard)], self.parts.device)
+        self.parts.model.train()
         return {"val_loss": loss / count, "val_acc": correct / count}
 
     def _scores(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
         """Summed cross-entropy and number right of `model` (put in eval mode) on `split`."""
-        logits = torch.from_numpy(predict_logits(model, split, self.preprocess, self.device,
+        logits = torch.from_numpy(predict_logits(model, split, self.parts.preprocess, self.parts.device,
                                                  num_workers=self.config.data.num_workers))
         return (F.cross_entropy(logits, split.labels, reduction="sum").item(),
                 float((logits.argmax(1) == split.labels).sum()))
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
-        key = self.config.train.monitor if self.val_split is not None else "epoch"
+        key = self.config.train.monitor if self.parts.val_split is not None else "epoch"
         value = row[key]
         better = not self.best or (value < self.best["value"] if key == "val_loss" else value > self.best["value"])
         if better:
             self.best = {"value": value, "metric": key, "epoch": row["epoch"], "step": row["step"]}
         if better and self.group.main:
-            model = self.ema.module if self.ema else self.model
-            save_model(self.folder, model, self.dataset.classes, self.preprocess,
+            model = self.ema.module if self.ema else self.parts.model
+            save_model(self.folder, model, self.parts.dataset.classes, self.parts.preprocess,
                        dataset=self.config.data.dataset, metrics={k: v for k, v in row.items()})
         return better
 
@@ -551,24 +433,24 @@ class Trainer:
     def _stop_mid_epoch(self, reason: StopReason) -> None:
         """A budget or Ctrl-C ended the run part-way: keep the weights if they are the best, and a checkpoint."""
         if self.partial["count"]:
-            row = {"epoch": self.epoch + self.batch / self.steps_per_epoch, "step": self.step, **self.validate()}
+            row = {"epoch": self.epoch + self.batch / self.parts.steps_per_epoch, "step": self.step, **self.validate()}
             self._keep_if_best(row)
         self.checkpoint()
         if self.group.main:
             log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
-                        reason, self.epoch + self.batch / self.steps_per_epoch, self.step, self.folder)
+                        reason, self.epoch + self.batch / self.parts.steps_per_epoch, self.step, self.folder)
 
     def _finish(self, stop: StopReason | None, started: float) -> Run:
         stop = stop or StopReason.DONE
         # rank 0 tests the saved model and writes the summary
-        tested = (self.group.main and self.test and "test" in self.dataset.splits and self.best
+        tested = (self.group.main and self.test and "test" in self.parts.dataset.splits and self.best
                   and stop not in (StopReason.INTERRUPTED, StopReason.PRUNED))
         summary = RunSummary(
-            stopped=stop, epochs=self.step / self.steps_per_epoch, steps=self.step, device=str(self.device),
+            stopped=stop, epochs=self.step / self.parts.steps_per_epoch, steps=self.step, device=str(self.parts.device),
             threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
             train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
-            skipped_steps=self.skipped, train_images=len(self.train_split), val_images=len(self.val_split or ()),
-            test_acc=self._test_accuracy() if tested else None)
+            skipped_steps=self.skipped, train_images=len(self.parts.train_split),
+            val_images=len(self.parts.val_split or ()), test_acc=self._test_accuracy() if tested else None)
         if self.group.main:
             summary.write(self.folder)
         return Run(self.folder, self.config, self.history, summary)
@@ -576,11 +458,5 @@ class Trainer:
     def _test_accuracy(self) -> float:
         """Accuracy of the saved (best) model on the test split: reported, never used for any choice."""
         model, _ = load_model(self.folder)
-        test = self.dataset.split("test")
-        return self._scores(model.to(self.device), test)[1] / len(test)
-
-    def _class_weights(self) -> torch.Tensor:
-        counts = torch.bincount(self.train_split.labels, minlength=len(self.dataset.classes)).float()
-        return (counts.sum() / (len(counts) * counts.clamp(min=1))).to(self.device)
-
-
+        test = self.parts.dataset.split("test")
+        return self._scores(model.to(self.parts.device), test)[1] / len(test)

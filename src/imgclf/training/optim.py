@@ -7,11 +7,7 @@ import math
 import torch
 
 from imgclf.config import TrainConfig
-from imgclf.errors import ImgclfError
 from imgclf.models import Classifier
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "step", "plateau", "cosine", "onecycle")
 
 
 def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -25,21 +21,19 @@ def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer
                               (0.0, [p for p in params if p.ndim <= 1])):
             if chosen:
                 groups.append({"params": chosen, "weight_decay": decay, "lr": cfg.lr * scale})
-    name = cfg.optimizer.lower()
+    name = cfg.optimizer  # one of config.Optimizer
     if name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
-    raise ImgclfError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, total_steps: int):
     """The lr scheduler, and whether it steps per batch (True) or per epoch with the monitored value."""
-    name = cfg.schedule.lower()
+    name = cfg.schedule  # one of config.Schedule
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), True
     if name == "step":
@@ -55,11 +49,9 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
-    if name == "onecycle":
-        peaks = [group["lr"] for group in optimizer.param_groups]
-        # OneCycleLR divides by its warm-up length: at least 8 steps keep that at 1 or more
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=max(total_steps, 8),
-                                                   pct_start=0.25, cycle_momentum=False), True
-    raise ImgclfError(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    peaks = [group["lr"] for group in optimizer.param_groups]  # onecycle
+    # OneCycleLR divides by its warm-up length: at least 8 steps keep that at 1 or more
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=max(total_steps, 8),
+                                               pct_start=0.25, cycle_momentum=False), True
 
 
