@@ -26,7 +26,7 @@ from imgclf.data import Preprocess, batches
 from imgclf.data.transforms import affine
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
-from imgclf.evaluate.evaluation import EvalData, eval_data
+from imgclf.evaluate.evaluation import EvalData, ScoreOn, eval_data
 from imgclf.evaluate.report import page, robustness_section
 from imgclf.evaluate.robustness_report import AttackSettings, CorruptionScores, RobustnessReport
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
@@ -211,16 +211,14 @@ def corruptor(name: str, severity: int, seed: int = 0) -> Callable[..., torch.Te
     return apply
 
 
-def robustness(run: str | Path, *, corruptions: list[str] | None = None,
+def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[str] | None = None,
                attack_names: tuple[str, ...] = attacks.ATTACKS,
                eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3), steps: int = 40, step_size: float | None = None,
                random_start: bool = True, limit: int | None = 2000, batch_size: int = 500, seed: int = 0,
-               source: str | None = None, data_dir: str | Path | None = None, split: str | None = None,
-               device: str = "auto", out: str | Path | None = None,
-               progress: bool = False) -> tuple[RobustnessReport, Path]:
-    """Accuracy of a run's model on clean, corrupted and attacked test images; writes robustness.json and
-    robustness.html into `out` (default: the run; for an exported file, robustness-<file> in the run) and
-    returns the report and the HTML path."""
+               out: str | Path | None = None, progress: bool = False) -> tuple[RobustnessReport, Path]:
+    """Accuracy of a run's model on clean, corrupted and attacked images of the data `on` names (default: its
+    test split); writes robustness.json and robustness.html into `out` (default: the run; for an exported file,
+    robustness-<file> in the run) and returns the report and the HTML path."""
     corruptions = list(CORRUPTIONS) if corruptions is None else corruptions
     for name in corruptions:
         corruptor(name, 1)  # unknown names fail before any work
@@ -232,9 +230,9 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
     if attack_names and exported:
         raise ImgclfError("attacks need the model's gradients: run robustness on the run directory, or pass "
                           "--attacks none to measure corruptions only.")
-    folder, target = run_folder(run), device_for(model, device)
+    folder, target = run_folder(run), device_for(model, on.device)
     model = model.to(target).eval()
-    data = _sample(eval_data(folder, meta, source, data_dir, split), limit, seed)
+    data = _sample(eval_data(folder, meta, on.source, on.data_dir, on.split), limit, seed)
     normalize, pixels = preprocess_of(meta).normalize, _pixel_preprocess(meta)
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # pixel images -> logits

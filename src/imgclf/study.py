@@ -132,12 +132,12 @@ def study_paper(out: str | Path = "studies/paper", *, budget: str = "cpu", datas
     started = datetime.now(timezone.utc)
     for entry in entries:
         _train(entry, progress)
-    folders = [out / "runs" / e.name for e in entries]
+    folders, on = [out / "runs" / e.name for e in entries], ScoreOn(data_dir=data_dir, device=device)
     for folder in folders:
-        _robustness(folder, b, data_dir, device, progress)
+        _robustness(folder, b, on, progress)
     pairs = [("cnn-enhanced", name) for name in ABLATIONS] + [("cnn-enhanced", "paper-cnn"),
                                                                ("alexnet", "paper-cnn")]
-    reports, compared = _score(folders, pairs, b, ScoreOn(data_dir=data_dir, device=device), out, progress)
+    reports, compared = _score(folders, pairs, b, on, out, progress)
     search = _table_iii(b, recipes, common, out, progress)
     paper = Paper(budget, b, dataset, command, _machine(), started.isoformat(), entries, reports, compared, search,
                   _table_ii())
@@ -207,12 +207,11 @@ def _train(entry: Entry, progress: bool) -> None:
         raise ImgclfError(f"{entry.name} stopped ({run.summary.stopped}); run the study again to continue it.")
 
 
-def _robustness(folder: Path, b: Budget, data_dir: str | Path | None, device: str, progress: bool) -> None:
+def _robustness(folder: Path, b: Budget, on: ScoreOn, progress: bool) -> None:
     """robustness.json (the robustness columns) of a trained run, measured once per set of weights."""
     if robustness_record(folder, json.loads((folder / "model.json").read_text())) is None:  # none, or stale
         robustness(folder, corruptions=list(b.corruptions) if b.corruptions else None, attack_names=("fgsm", "pgd"),
-                   eps=(0.1,), steps=10, limit=b.robustness_images, data_dir=data_dir, device=device,
-                   progress=progress)
+                   eps=(0.1,), steps=10, limit=b.robustness_images, on=on, progress=progress)
 
 
 def _score(folders: list[Path], pairs: list[tuple[str, str]], b: Budget, on: ScoreOn, out: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgclf.commands.common import Parents, names, number_list, positive
+from imgclf.commands.common import Parents, names, number_list, positive, score_on
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
@@ -38,8 +38,7 @@ def _robustness(args: argparse.Namespace) -> None:
     r, html = robustness(args.run_dir, corruptions=names(args.corruptions, list(CORRUPTIONS)),
                          attack_names=tuple(names(args.attacks, ATTACKS)), eps=args.eps, steps=args.steps,
                          step_size=args.step_size, random_start=args.random_start, limit=args.limit, seed=args.seed,
-                         batch_size=args.batch_size, source=args.source, data_dir=args.data_dir, split=args.split,
-                         device=args.device, out=args.out, progress=not args.quiet)
+                         batch_size=args.batch_size, on=score_on(args), out=args.out, progress=not args.quiet)
     print(f"{r.model} on {r.images:,} {r.dataset} {r.split} images: clean accuracy {r.clean_accuracy:.4f}")
     if r.corruptions:
         print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}")
