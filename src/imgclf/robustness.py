@@ -7,7 +7,6 @@ values are imgclf's own; spatial ones are stated for a 28-pixel image and scaled
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -265,7 +264,7 @@ def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[st
 
 def _write(report: RobustnessReport, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "robustness.json", lambda tmp: tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n"))
+    report.save(out / "robustness.json")
     atomic_write(out / "robustness.html", lambda tmp: tmp.write_text(
         page(f"Robustness of {report.model} on {report.dataset}",
              [("Robustness", robustness_section(report, plots.robustness_plot(report)))])))

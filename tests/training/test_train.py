@@ -411,7 +411,7 @@ def test_run_summary_reads_old_and_writes_the_same_summary_json(tmp_path):
     assert summary.processes == 1 and summary.test_acc is None and f"{summary.stopped}" == "early stopping"
     full = {**old, "stopped": "interrupted", "processes": 2, "best": {"value": 0.9, "metric": "val_acc", "epoch": 2,
             "step": 20}, "train_images": 90, "val_images": 10, "test_acc": 0.8}
-    RunSummary.from_json(full).write(tmp_path)
+    RunSummary.from_json(full).save(tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == full
     again = RunSummary.read(tmp_path)
     assert again.best.value == 0.9 and not again.stopped.finished and RunSummary.read(tmp_path / "none") is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from imgclf.evaluate.results import Result
 
 
 @dataclass(frozen=True)
@@ -27,25 +29,16 @@ class AttackSettings:
 
 
 @dataclass(frozen=True)
-class RobustnessHeadline:
+class RobustnessHeadline(Result):
     """The two robustness numbers a leaderboard shows: mean corruption accuracy and PGD at the largest eps."""
 
     mean_corruption_accuracy: float | None
     pgd_eps: float | None
     pgd_accuracy: float | None
 
-    def to_json(self) -> dict:
-        """The headline as a JSON object."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> RobustnessHeadline:
-        """A headline from its JSON object."""
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class RobustnessReport:
+class RobustnessReport(Result):
     """Accuracy of one model on clean, corrupted and attacked images, with what was measured and how."""
 
     run: str
@@ -83,9 +76,8 @@ class RobustnessReport:
     @classmethod
     def from_json(cls, data: dict) -> RobustnessReport:
         """A report from the robustness.json object (keys this version does not know, e.g. a headline, ignored)."""
-        known = {f.name for f in fields(cls)}
         attacks = {name: a for name, a in data["attacks"].items() if name != "settings"}
-        return cls(**{**{k: v for k, v in data.items() if k in known},
-                      "corruptions": {name: CorruptionScores(**c) for name, c in data["corruptions"].items()},
-                      "attacks": {name: dict(a["accuracy_by_eps"]) for name, a in attacks.items()},
-                      "attack_settings": AttackSettings(**data["attacks"]["settings"])})
+        return super().from_json({**data, "corruptions": {name: CorruptionScores(**c)
+                                                          for name, c in data["corruptions"].items()},
+                                  "attacks": {name: dict(a["accuracy_by_eps"]) for name, a in attacks.items()},
+                                  "attack_settings": AttackSettings(**data["attacks"]["settings"])})

@@ -452,7 +452,7 @@ class Trainer:
             skipped_steps=self.skipped, train_images=len(self.parts.train_split),
             val_images=len(self.parts.val_split or ()), test_acc=self._test_accuracy() if tested else None)
         if self.group.main:
-            summary.write(self.folder)
+            summary.save(self.folder / "summary.json")
         return Run(self.folder, self.config, self.history, summary)
 
     def _test_accuracy(self) -> float:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from imgclf.files import atomic_write
+from imgclf.evaluate.results import Result
 
 
 class StopReason(str, Enum):
@@ -40,7 +39,7 @@ class Best:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSummary:
+class RunSummary(Result):
     """summary.json: how a run ended, how long it took, and the saved model's test accuracy."""
 
     stopped: StopReason
@@ -67,16 +66,11 @@ class RunSummary:
     @classmethod
     def from_json(cls, data: dict) -> RunSummary:
         """A summary from the summary.json object (keys this version does not know are ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in data.items() if k in known}, "stopped": StopReason(data["stopped"]),
-                      "best": Best(**data["best"]) if data.get("best") else None})
-
-    def write(self, folder: Path) -> None:
-        """Write <folder>/summary.json atomically."""
-        atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n"))
+        return super().from_json({**data, "stopped": StopReason(data["stopped"]),
+                                  "best": Best(**data["best"]) if data.get("best") else None})
 
     @classmethod
     def read(cls, folder: Path) -> RunSummary | None:
         """The run's summary.json, or None when the run has not finished a session."""
         path = folder / "summary.json"
-        return cls.from_json(json.loads(path.read_text())) if path.is_file() else None
+        return cls.load(path) if path.is_file() else None
