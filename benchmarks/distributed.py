@@ -11,12 +11,13 @@ steps x global batch over the training seconds (no validation split, so no valid
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from imgclf.training import RunSummary
 
 MODELS = {"mnist-fast": ["--config", "configs/mnist-fast.yaml"],
           "paper-cnn": ["--config", "configs/paper-cnn.yaml", "--train.schedule", "constant"]}
@@ -31,11 +32,11 @@ def run(name: str, recipe: list[str], processes: int, threads: int, args: argpar
                "--data.val_fraction", "0", "--device", "cpu"]
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                    stdout=subprocess.DEVNULL)
-    summary = json.loads((out / name / "summary.json").read_text())
+    summary = RunSummary.read(out / name)
     config = (out / name / "config.yaml").read_text()
     batch = int(next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("batch_size")))
-    return {"samples_per_s": summary["steps"] * batch / summary["train_seconds"], "test_acc": summary["test_acc"],
-            "seconds": summary["train_seconds"], "batch": batch}
+    return {"samples_per_s": summary.steps * batch / summary.train_seconds, "test_acc": summary.test_acc,
+            "seconds": summary.train_seconds, "batch": batch}
 
 
 def max_difference(a: Path, b: Path) -> float:

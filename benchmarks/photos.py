@@ -95,13 +95,14 @@ def main() -> None:
             return
         from imgclf.config import load_config
         from imgclf.data import augment_preset
+        from imgclf.training import RunSummary
         from imgclf.training.recipe import estimate
 
         recipe = load_config(out / "recipe" / "config.yaml")
         probe = load_config(out / "recipe" / "config.yaml", {"model.name": "resnet18", "model.options": {},
                                                               "train.lr": RESNET_LR})
-        summary = json.loads((out / "recipe" / "summary.json").read_text())
-        per_epoch = estimate(probe, 10, 3, summary["train_images"], summary["val_images"],
+        summary = RunSummary.read(out / "recipe")
+        per_epoch = estimate(probe, 10, 3, summary.train_images, summary.val_images,
                              augment_preset(recipe.data.augment))[1]
         epochs = max(1, int(trained / per_epoch))
         r_seconds, r_rows, _ = train(data, out, "resnet18", "--config", str(out / "recipe" / "config.yaml"),

@@ -10,12 +10,13 @@ Extra arguments go to `imgclf train` (e.g. --epochs 2). The data come from --dat
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from imgclf.training import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +34,14 @@ def main() -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     seconds = time.monotonic() - started
     rows = list(csv.DictReader((out / "run" / "metrics.csv").open()))
-    summary = json.loads((out / "run" / "summary.json").read_text())
+    summary = RunSummary.read(out / "run")
     columns = [c for c in ("epoch", "train_acc", "val_acc", "lr", "seconds") if c in rows[0]]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(f"{float(row[c]):.4g}" for c in columns) + " |")
-    print(f"\n{sys.argv[1]}: test accuracy {summary['test_acc']:.4f} (saved model; best {summary['best']}), "
-          f"{seconds:.1f} s whole process, {summary['train_seconds']:.1f} s training")
+    print(f"\n{sys.argv[1]}: test accuracy {summary.test_acc:.4f} (saved model; best {summary.best}), "
+          f"{seconds:.1f} s whole process, {summary.train_seconds:.1f} s training")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from imgclf.data import load_dataset
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.explain import METHODS, attribute
 from imgclf.models import create_model
 from imgclf.rundir import load_model, preprocess_of
+from imgclf.training import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
@@ -51,7 +53,7 @@ def main() -> None:
         if not (args.out / name / "robustness.json").is_file():
             subprocess.run([IMGCLF, "robustness", str(args.out / name), "--limit", args.limit, "-q"], check=True,
                            stdout=subprocess.DEVNULL)
-    reports = {name: json.loads((args.out / name / "robustness.json").read_text()) for name, _ in recipes}
+    reports = {name: _read(args.out / name) for name, _ in recipes}
     _tables(reports, args.out)
     # Madry et al.'s attack on the adversarially trained model (100 steps of 0.01, here one random start):
     # masked gradients would show as a drop from PGD-40
@@ -59,29 +61,33 @@ def main() -> None:
     subprocess.run([IMGCLF, "robustness", str(args.out / adversarial), "--corruptions", "none", "--attacks", "pgd",
                     "--eps", "0.3", "--steps", "100", "--step-size", "0.01", "--limit", args.limit,
                     "--out", str(args.out / "pgd100"), "-q"], check=True, stdout=subprocess.DEVNULL)
-    strong = json.loads((args.out / "pgd100" / "robustness.json").read_text())["attacks"]["pgd"]["accuracy_by_eps"]
+    strong = _read(args.out / "pgd100").attacks["pgd"]
     print(f"\n{adversarial} under PGD-100 (step 0.01) at eps 0.3: {strong['0.3']:.4f}")
     _sanity(args.out / "standard", args.data_dir)
 
 
-def _tables(reports: dict, out: Path) -> None:
+def _read(folder: Path) -> RobustnessReport:
+    """The robustness.json in `folder`."""
+    return RobustnessReport.from_json(json.loads((folder / "robustness.json").read_text()))
+
+
+def _tables(reports: dict[str, RobustnessReport], out: Path) -> None:
     first = next(iter(reports.values()))
-    eps = list(first["attacks"]["pgd"]["accuracy_by_eps"])
-    print(f"{first['images']:,} MNIST test images (seeded sample); PGD {first['attacks']['settings']['steps']} steps, "
+    eps = list(first.attacks["pgd"])
+    print(f"{first.images:,} MNIST test images (seeded sample); PGD {first.attack_settings.steps} steps, "
           "step 2.5 eps / steps, random start\n")
     print("| run | training s | clean | mean corruption acc | " + " | ".join(f"FGSM {e}" for e in eps) + " | "
           + " | ".join(f"PGD {e}" for e in eps) + " |")
     print("|---" * (4 + 2 * len(eps)) + "|")
     for name, r in reports.items():
-        seconds = json.loads((out / name / "summary.json").read_text())["train_seconds"]
-        attacks = r["attacks"]
-        print(f"| {name} | {seconds:.0f} | {r['clean_accuracy']:.4f} | {r['mean_corruption_accuracy']:.4f} | "
-              + " | ".join(f"{attacks['fgsm']['accuracy_by_eps'][e]:.4f}" for e in eps) + " | "
-              + " | ".join(f"{attacks['pgd']['accuracy_by_eps'][e]:.4f}" for e in eps) + " |")
+        seconds = RunSummary.read(out / name).train_seconds
+        print(f"| {name} | {seconds:.0f} | {r.clean_accuracy:.4f} | {r.mean_corruption_accuracy:.4f} | "
+              + " | ".join(f"{r.attacks['fgsm'][e]:.4f}" for e in eps) + " | "
+              + " | ".join(f"{r.attacks['pgd'][e]:.4f}" for e in eps) + " |")
     print("\n| corruption (mean over 5 severities) | " + " | ".join(reports) + " |")
     print("|---" * (1 + len(reports)) + "|")
-    for corruption in first["corruptions"]:
-        print(f"| {corruption} | " + " | ".join(f"{r['corruptions'][corruption]['mean_accuracy']:.4f}"
+    for corruption in first.corruptions:
+        print(f"| {corruption} | " + " | ".join(f"{r.corruptions[corruption].mean_accuracy:.4f}"
                                             for r in reports.values()) + " |")
 
 

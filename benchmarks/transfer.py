@@ -29,13 +29,13 @@ from imgclf.config import load_config
 from imgclf.evaluate.compare import compare_runs
 from imgclf.evaluate.evaluation import ScoreOn
 from imgclf.evaluate.stats import format_interval, format_p
-from imgclf.training import train
+from imgclf.training import RunSummary, train
 from imgclf.training.recipe import photo_fast_recipe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def run(out: Path, name: str, settings: dict) -> tuple[Path, dict, float]:
+def run(out: Path, name: str, settings: dict) -> tuple[Path, RunSummary, float]:
     """One training run: its folder, summary and wall seconds (data loading included)."""
     started = time.monotonic()
     result = train(load_config(None, {"out": str(out), "name": name, **settings}), progress=False)
@@ -56,8 +56,8 @@ def pretrain(out: Path, model: str) -> tuple[Path, str]:
         path = out / f"cifar-{model}.pth"
         state = load_file(folder / "model.safetensors")
         torch.save({k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}, path)
-    return path, (f"{model} pretrained on CIFAR-10 (20,000 images, {summary['epochs']:g} epochs, 32px): validation "
-                  f"accuracy {summary['best']['value']:.4f}, {seconds:.0f} s")
+    return path, (f"{model} pretrained on CIFAR-10 (20,000 images, {summary.epochs:g} epochs, 32px): validation "
+                  f"accuracy {summary.best.value:.4f}, {seconds:.0f} s")
 
 
 def train_only_view(out: Path) -> Path:

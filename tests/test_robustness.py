@@ -16,6 +16,7 @@ from imgclf.cli import main
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.compare import compare_runs
 from imgclf.evaluate.evaluation import evaluate_run, robustness_record
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.export import export_run
 from imgclf.robustness import CORRUPTIONS, corrupt, robustness
 from imgclf.rundir import load_model, preprocess_of
@@ -92,7 +93,8 @@ def test_attacks_raise_the_loss_inside_the_eps_ball(run, mnist):
 def test_robustness_report_evaluate_and_compare_include_it(run, tmp_path):
     report, html = robustness(run, corruptions=["gaussian_noise", "rotation"], eps=(0.1, 0.3), steps=5, limit=200)
     saved = json.loads((run / "robustness.json").read_text())
-    assert saved["images"] == 200 and saved["clean_accuracy"] > 0.9 and saved == json.loads(json.dumps(report))
+    assert saved["images"] == 200 and saved["clean_accuracy"] > 0.9 and saved == report.to_json()
+    assert RobustnessReport.from_json(saved) == report
     noise = saved["corruptions"]["gaussian_noise"]
     assert len(noise["accuracy"]) == 5 and noise["accuracy"][4] < saved["clean_accuracy"]
     assert saved["mean_corruption_accuracy"] == pytest.approx(
@@ -105,7 +107,7 @@ def test_robustness_report_evaluate_and_compare_include_it(run, tmp_path):
     page = html.read_text()
     assert "rotation" in page and "pgd" in page and "data:image/png;base64" in page
     again, _ = robustness(run, corruptions=["gaussian_noise"], attack_names=(), limit=200, out=tmp_path)
-    assert again["corruptions"]["gaussian_noise"] == noise  # seeded: the same sample and the same noise
+    assert again.to_json()["corruptions"]["gaussian_noise"] == noise  # seeded: the same sample and the same noise
 
     evaluated, report_html = evaluate_run(run, resamples=20, latency_runs=2, out=tmp_path / "eval")
     assert evaluated.robustness["headline"] == {"mean_corruption_accuracy": saved["mean_corruption_accuracy"],
@@ -138,11 +140,11 @@ def test_robustness_errors_and_exported_models(run, tmp_path):
     torch_report, _ = robustness(run, corruptions=["jpeg"], attack_names=(), limit=100, out=tmp_path / "torch")
     report, html = robustness(onnx, corruptions=["jpeg"], attack_names=(), limit=100)
     assert html == tmp_path / "robustness-model.onnx" / "robustness.html"  # beside the export, not the run's own
-    assert report["corruptions"]["jpeg"]["accuracy"] == torch_report["corruptions"]["jpeg"]["accuracy"]
+    assert report.corruptions["jpeg"].accuracy == torch_report.corruptions["jpeg"].accuracy
     # a stale (other weights) or damaged robustness.json is left out of reports, not shown as this model's
     meta = load_model(run)[1]
     folder = tmp_path / "torch"
-    assert robustness_record(folder, meta)["headline"]["mean_corruption_accuracy"] is not None
+    assert robustness_record(folder, meta).headline.mean_corruption_accuracy is not None
     saved = json.loads((folder / "robustness.json").read_text())
     for damaged in ({**saved, "sha256": "0" * 64}, {**saved, "attacks": []}, ["not", "a", "report"]):
         (folder / "robustness.json").write_text(json.dumps(damaged))

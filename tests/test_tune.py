@@ -13,7 +13,7 @@ from imgclf.cli import main
 from imgclf.commands.tune import text_table
 from imgclf.config import load_config
 from imgclf.errors import ImgclfError
-from imgclf.training import train
+from imgclf.training import StopReason, train
 from imgclf.tune import PAPER_SPACE, load_space, model_space, tune, without_given
 
 BIN = Path(sys.executable).parent
@@ -92,7 +92,7 @@ def test_training_stops_when_told_to_prune(tmp_path, mnist_dir):
     seen = []
     run = train(_config(tmp_path, mnist_dir, **{"train.epochs": 3}), progress=False,
                 on_epoch=lambda row: seen.append(row["epoch"]) or row["epoch"] >= 2)
-    assert seen == [1, 2] and run.summary["stopped"] == "pruned" and "test_acc" not in run.summary
+    assert seen == [1, 2] and run.summary.stopped is StopReason.PRUNED and run.summary.test_acc is None
 
 
 def test_median_pruner_stops_a_trial_worse_than_the_median(tmp_path, mnist_dir):

@@ -15,7 +15,7 @@ from imgclf.config import Config
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.stats import mean_std
 from imgclf.rundir import atomic_write
-from imgclf.training import train
+from imgclf.training import RunSummary, train
 
 log = logging.getLogger(__name__)
 METRICS = ("val_acc", "val_loss", "test_acc", "epochs", "train_seconds")
@@ -55,9 +55,9 @@ def cross_validate(config: Config, folds: int = 5, seeds: int = 1, progress: boo
     return result, parent / "cv.json"
 
 
-def _scores(history: list[dict], summary: dict) -> dict:
+def _scores(history: list[dict], summary: RunSummary) -> dict:
     """The validation scores of the epoch that was kept, the saved model's test accuracy, time and length."""
-    best = summary.get("best") or {}
-    row = next((r for r in history if r["epoch"] == best.get("epoch")), history[-1] if history else {})
-    return {"val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"), "test_acc": summary.get("test_acc"),
-            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"]}
+    kept = summary.best.epoch if summary.best else None
+    row = next((r for r in history if r["epoch"] == kept), history[-1] if history else {})
+    return {"val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"), "test_acc": summary.test_acc,
+            "epochs": summary.epochs, "train_seconds": summary.train_seconds}

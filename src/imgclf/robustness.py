@@ -7,7 +7,6 @@ values are imgclf's own; spatial ones are stated for a 28-pixel image and scaled
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,8 +25,9 @@ from imgclf.data import Preprocess, batches
 from imgclf.data.transforms import affine
 from imgclf.errors import ImgclfError
 from imgclf.evaluate import plots
-from imgclf.evaluate.evaluation import EvalData, eval_data
+from imgclf.evaluate.evaluation import EvalData, ScoreOn, eval_data
 from imgclf.evaluate.report import page, robustness_section
+from imgclf.evaluate.robustness_report import AttackSettings, CorruptionScores, RobustnessReport
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import ExportedModel, device_for, open_model
 
@@ -210,15 +210,14 @@ def corruptor(name: str, severity: int, seed: int = 0) -> Callable[..., torch.Te
     return apply
 
 
-def robustness(run: str | Path, *, corruptions: list[str] | None = None,
+def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[str] | None = None,
                attack_names: tuple[str, ...] = attacks.ATTACKS,
                eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3), steps: int = 40, step_size: float | None = None,
                random_start: bool = True, limit: int | None = 2000, batch_size: int = 500, seed: int = 0,
-               source: str | None = None, data_dir: str | Path | None = None, split: str | None = None,
-               device: str = "auto", out: str | Path | None = None, progress: bool = False) -> tuple[dict, Path]:
-    """Accuracy of a run's model on clean, corrupted and attacked test images; writes robustness.json and
-    robustness.html into `out` (default: the run; for an exported file, robustness-<file> in the run) and
-    returns the report and the HTML path."""
+               out: str | Path | None = None, progress: bool = False) -> tuple[RobustnessReport, Path]:
+    """Accuracy of a run's model on clean, corrupted and attacked images of the data `on` names (default: its
+    test split); writes robustness.json and robustness.html into `out` (default: the run; for an exported file,
+    robustness-<file> in the run) and returns the report and the HTML path."""
     corruptions = list(CORRUPTIONS) if corruptions is None else corruptions
     for name in corruptions:
         corruptor(name, 1)  # unknown names fail before any work
@@ -230,9 +229,9 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
     if attack_names and exported:
         raise ImgclfError("attacks need the model's gradients: run robustness on the run directory, or pass "
                           "--attacks none to measure corruptions only.")
-    folder, target = run_folder(run), device_for(model, device)
+    folder, target = run_folder(run), device_for(model, on.device)
     model = model.to(target).eval()
-    data = _sample(eval_data(folder, meta, source, data_dir, split), limit, seed)
+    data = _sample(eval_data(folder, meta, on.source, on.data_dir, on.split), limit, seed)
     normalize, pixels = preprocess_of(meta).normalize, _pixel_preprocess(meta)
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # pixel images -> logits
@@ -256,18 +255,18 @@ def robustness(run: str | Path, *, corruptions: list[str] | None = None,
             by_attack[name] = {str(e): scored(adversary=partial(
                 attacks.attack, name, forward, eps=e, steps=steps, step_size=step_size, random_start=random_start,
                 generator=generator)) for e in eps}
-    settings = {"steps": steps, "step_size": "2.5 x eps / steps" if step_size is None else step_size,
-                "random_start": random_start, "norm": "L-inf, pixel units in [0, 1]", "batch_size": batch_size}
+    settings = AttackSettings(steps, "2.5 x eps / steps" if step_size is None else step_size, random_start,
+                              "L-inf, pixel units in [0, 1]", batch_size)
     report = _report(folder, meta, data, data.name, clean, by_corruption, by_attack, settings, seed, run)
     return report, _write(report, Path(out) if out else folder / f"robustness-{Path(run).name}" if exported
                           else folder)
 
 
-def _write(report: dict, out: Path) -> Path:
+def _write(report: RobustnessReport, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "robustness.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    report.save(out / "robustness.json")
     atomic_write(out / "robustness.html", lambda tmp: tmp.write_text(
-        page(f"Robustness of {report['model']} on {report['dataset']}",
+        page(f"Robustness of {report.model} on {report.dataset}",
              [("Robustness", robustness_section(report, plots.robustness_plot(report)))])))
     return out / "robustness.html"
 
@@ -303,22 +302,19 @@ def _accuracy(forward: attacks.Forward, data: EvalData, pre: Preprocess, batch_s
 
 
 def _report(folder: Path, meta: dict, data: EvalData, split: str, clean: float, by_corruption: dict[str, list[float]],
-            by_attack: dict[str, dict[str, float]], attack_settings: dict, seed: int, run: str | Path) -> dict:
+            by_attack: dict[str, dict[str, float]], attack_settings: AttackSettings, seed: int,
+            run: str | Path) -> RobustnessReport:
     """Every number, with mean corruption accuracy and relative degradation (1 - corrupted / clean)."""
     mean = float(np.mean([a for accs in by_corruption.values() for a in accs])) if by_corruption else None
-    return {
-        "run": str(folder), "model_file": str(run), "model": meta["architecture"]["name"], "sha256": meta["sha256"],
-        "dataset": data.dataset.name, "split": split, "images": len(data.split), "seed": seed,
-        "created": datetime.now(timezone.utc).isoformat(), "clean_accuracy": clean,
-        "corruptions": {name: {"levels": list(CORRUPTIONS[name][1]), "accuracy": accs,
-                               "mean_accuracy": float(np.mean(accs)),
-                               "relative_degradation": _degradation(clean, float(np.mean(accs)))}
-                        for name, accs in by_corruption.items()},
-        "mean_corruption_accuracy": mean,
-        "relative_degradation": None if mean is None else _degradation(clean, mean),
-        "attacks": {"settings": attack_settings,
-                    **{name: {"accuracy_by_eps": accs} for name, accs in by_attack.items()}},
-    }
+    return RobustnessReport(
+        run=str(folder), model_file=str(run), model=meta["architecture"]["name"], sha256=meta["sha256"],
+        dataset=data.dataset.name, split=split, images=len(data.split), seed=seed,
+        created=datetime.now(timezone.utc).isoformat(), clean_accuracy=clean,
+        corruptions={name: CorruptionScores(list(CORRUPTIONS[name][1]), accs, float(np.mean(accs)),
+                                            _degradation(clean, float(np.mean(accs))))
+                     for name, accs in by_corruption.items()},
+        mean_corruption_accuracy=mean, relative_degradation=None if mean is None else _degradation(clean, mean),
+        attacks=by_attack, attack_settings=attack_settings)
 
 
 def _degradation(clean: float, corrupted: float) -> float | None:

@@ -36,7 +36,7 @@ from imgclf.models import create_model
 from imgclf.models.summary import summarize
 from imgclf.robustness import CORRUPTIONS, robustness
 from imgclf.rundir import atomic_write
-from imgclf.training import train
+from imgclf.training import RunSummary, train
 from imgclf.tune import tune
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,12 @@ def study_paper(out: str | Path = "studies/paper", *, budget: str = "cpu", datas
     started = datetime.now(timezone.utc)
     for entry in entries:
         _train(entry, progress)
-    folders = [out / "runs" / e.name for e in entries]
+    folders, on = [out / "runs" / e.name for e in entries], ScoreOn(data_dir=data_dir, device=device)
     for folder in folders:
-        _robustness(folder, b, data_dir, device, progress)
+        _robustness(folder, b, on, progress)
     pairs = [("cnn-enhanced", name) for name in ABLATIONS] + [("cnn-enhanced", "paper-cnn"),
                                                                ("alexnet", "paper-cnn")]
-    reports, compared = _score(folders, pairs, b, ScoreOn(data_dir=data_dir, device=device), out, progress)
+    reports, compared = _score(folders, pairs, b, on, out, progress)
     search = _table_iii(b, recipes, common, out, progress)
     paper = Paper(budget, b, dataset, command, _machine(), started.isoformat(), entries, reports, compared, search,
                   _table_ii())
@@ -197,23 +197,22 @@ def _pretrained_available(config: Config) -> bool:
 def _train(entry: Entry, progress: bool) -> None:
     """Train the entry's run, or resume it if a previous study was stopped part-way; a finished run is kept."""
     folder = Path(entry.config.out) / entry.name
-    summary = folder / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("stopped") in ("done", "early stopping"):
+    summary = RunSummary.read(folder)
+    if summary is not None and summary.stopped.finished:
         log.info("%s: trained before, kept", entry.name)
         return
     log.info("training %s: %s", entry.name, entry.label)
     resume = folder if (folder / "state.pt").is_file() else None
     run = train(None if resume else entry.config, resume=resume, progress=progress)
-    if run.summary["stopped"] not in ("done", "early stopping"):
-        raise ImgclfError(f"{entry.name} stopped ({run.summary['stopped']}); run the study again to continue it.")
+    if not run.summary.stopped.finished:
+        raise ImgclfError(f"{entry.name} stopped ({run.summary.stopped}); run the study again to continue it.")
 
 
-def _robustness(folder: Path, b: Budget, data_dir: str | Path | None, device: str, progress: bool) -> None:
+def _robustness(folder: Path, b: Budget, on: ScoreOn, progress: bool) -> None:
     """robustness.json (the robustness columns) of a trained run, measured once per set of weights."""
     if robustness_record(folder, json.loads((folder / "model.json").read_text())) is None:  # none, or stale
         robustness(folder, corruptions=list(b.corruptions) if b.corruptions else None, attack_names=("fgsm", "pgd"),
-                   eps=(0.1,), steps=10, limit=b.robustness_images, data_dir=data_dir, device=device,
-                   progress=progress)
+                   eps=(0.1,), steps=10, limit=b.robustness_images, on=on, progress=progress)
 
 
 def _score(folders: list[Path], pairs: list[tuple[str, str]], b: Budget, on: ScoreOn, out: Path,
@@ -244,7 +243,7 @@ def _saved(runs: list[OpenRun], pairs: list[tuple[str, str]], out: Path
     except (OSError, ValueError, TypeError, KeyError):  # missing, damaged, or of another format
         return None
     fresh = all(reports[run.name].fingerprint == run.fingerprint
-                and reports[run.name].robustness == robustness_record(run.folder, run.meta) for run in runs)
+                and reports[run.name].robustness_report == robustness_record(run.folder, run.meta) for run in runs)
     compared_fresh = ({e.name: e.fingerprint for e in compared.leaderboard} == {r.name: r.fingerprint for r in runs}
                       and [(p["a"], p["b"]) for p in compared.pairs] == pairs)
     return (reports, compared) if fresh and compared_fresh else None
@@ -372,26 +371,32 @@ def _sections(r: Paper, out: Path) -> list[tuple[str, str, list[str], list[list]
 
 
 def _row_iv(entry: Entry, rep: EvalReport, ranked: Ranked) -> list:
-    ci, eff, robust = rep.confidence_intervals, rep.efficiency, rep.robustness or {}
-    attacks = robust.get("attacks", {})
-    attacked = " / ".join(f"{attacks[a]['accuracy_by_eps'].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd")
-                          if a in attacks)
+    ci, eff = rep.confidence_intervals, rep.efficiency
+    robust = rep.robustness_report
+    attacks = robust.attacks if robust else {}
+    attacked = " / ".join(f"{attacks[a].get('0.1', float('nan')):.3f}" for a in ("fgsm", "pgd") if a in attacks)
     vs = ranked.vs_best
     return [entry.label, entry.note, format_interval(rep.accuracy, ci["accuracy"]), f"{rep.macro['precision']:.4f}",
             f"{rep.macro['recall']:.4f}", format_interval(rep.macro["f1"], ci["macro_f1"]), f"{rep.macro_auc:.5f}",
             f"{rep.calibration['ece']:.4f}", f"{eff['latency_ms']['p50']:.2f}",
             f"{eff['throughput']['images_per_second']:,.0f}",
-            f"{rep.training['summary'].get('train_seconds', 0):.0f}",
+            f"{_train_seconds(rep):.0f}",
             f"{eff['params']:,}", f"{eff['macs'] / 1e6:.1f}M",
-            f"{robust['mean_corruption_accuracy']:.3f}" if robust else "", attacked,
+            f"{robust.mean_corruption_accuracy:.3f}" if robust else "", attacked,
             "best" if vs is None else f"{format_p(vs['p_value'])} ({vs['a_only']} vs {vs['b_only']})"]
+
+
+def _train_seconds(rep: EvalReport) -> float:
+    """The training seconds in a run's report (0 for a run without a summary)."""
+    summary = rep.run_summary
+    return summary.train_seconds if summary else 0
 
 
 def _answer(r: Paper) -> str:
     """The paper's question, "which architecture, at what cost", in sentences computed from the tables."""
     reports, board, labels = r.reports, r.compared.leaderboard, r.labels
     best = board[0]
-    seconds = {n: rep.training["summary"].get("train_seconds", 0) for n, rep in reports.items()}
+    seconds = {n: _train_seconds(rep) for n, rep in reports.items()}
     latency = {n: rep.efficiency["latency_ms"]["p50"] for n, rep in reports.items()}
     tied = [e for e in board[1:] if e.vs_best["p_value"] >= 0.05]
     cheapest = min([best, *tied], key=lambda e: seconds[e.name])

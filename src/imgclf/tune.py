@@ -266,7 +266,7 @@ def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progre
     """Train one trial's config into its own run directory, reporting validation after every epoch."""
     import optuna
 
-    from imgclf.training import train
+    from imgclf.training import StopReason, train
 
     def objective(trial) -> float:
         params = {key: _suggest(trial, key, spec) for key, spec in searched.items()}
@@ -287,11 +287,11 @@ def _objective(config: Config, searched: dict, fixed: dict, folder: Path, progre
             raise
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
-        if run.summary["stopped"] == "interrupted":  # Ctrl-C or SIGTERM: stop the search, not just this trial
+        if run.summary.stopped is StopReason.INTERRUPTED:  # Ctrl-C or SIGTERM: stop the search, not this trial
             raise KeyboardInterrupt
-        if run.summary["stopped"] == "pruned":
+        if run.summary.stopped is StopReason.PRUNED:
             raise optuna.TrialPruned(f"pruned at epoch {run.history[-1]['epoch']}")
-        return run.summary["best"]["value"]
+        return run.summary.best.value
 
     return objective
 

@@ -55,7 +55,7 @@ def test_report_on_a_real_run_has_every_number_and_section(runs, tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps(report.to_json()))  # every number of the report is in report.json
     assert EvalReport.from_json(saved).to_json() == saved  # and read back as it was
-    assert report.samples == 10_000 and report.accuracy == pytest.approx(run.summary["test_acc"])
+    assert report.samples == 10_000 and report.accuracy == pytest.approx(run.summary.test_acc)
     low, high = report.confidence_intervals["accuracy"]
     assert low < report.accuracy < high and high - low < 0.03
     assert 0 < report.calibration["ece"] < 0.2 and len(report.calibration["bins"]["count"]) == 15

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from helpers import free_port
 from imgclf.config import load_config, with_overrides
 from imgclf.errors import ImgclfError
-from imgclf.training import train
+from imgclf.training import StopReason, train
 from imgclf.training.distributed import Group
 from imgclf.training.loop import Trainer
 
@@ -144,7 +144,7 @@ def test_a_hung_process_fails_the_run_after_the_timeout(tmp_path, mnist_dir, cap
     resumed = train(resume=tmp_path / "runs" / "hung",
                     config=load_config(tmp_path / "runs" / "hung" / "config.yaml", {"train.epochs": 2}),
                     progress=False)
-    assert resumed.summary["stopped"] == "done" and resumed.summary["processes"] == 1
+    assert resumed.summary.stopped is StopReason.DONE and resumed.summary.processes == 1
     assert "saved by 2 process(es) and resumes with 1" in caplog.text
 
 

@@ -15,7 +15,7 @@ from imgclf.data import batches
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
 from imgclf.rundir import load_model, preprocess_of
-from imgclf.training import TrainingError, parse_duration, train
+from imgclf.training import RunSummary, StopReason, TrainingError, parse_duration, train
 from imgclf.training.optim import make_optimizer, make_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -41,7 +41,7 @@ def test_short_real_mnist_run_writes_a_complete_run_directory(tmp_path, mnist_di
     run = train(_config(tmp_path, mnist_dir, **{"data.subset": 6000, "train.epochs": 2}), progress=False)
     names = {p.name for p in run.path.iterdir()}
     assert {"config.yaml", "model.safetensors", "model.json", "state.pt", "metrics.csv", "summary.json"} <= names
-    assert run.summary["test_acc"] > 0.9 and run.history[-1]["val_acc"] > 0.9  # chance is 0.1
+    assert run.summary.test_acc > 0.9 and run.history[-1]["val_acc"] > 0.9  # chance is 0.1
     rows = list(csv.DictReader((run.path / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and {"train_loss", "val_acc", "lr", "seconds"} <= set(rows[0])
     meta = json.loads((run.path / "model.json").read_text())
@@ -58,7 +58,7 @@ def test_resume_is_exact(tmp_path, mnist_dir):
                  "model.options": {"layers": 2, "width": 8, "dropout": 0.3}}
     whole = train(_config(tmp_path, mnist_dir, name="whole", **overrides), progress=False)
     cut = train(_config(tmp_path, mnist_dir, name="cut", **overrides), progress=False, max_steps=10)
-    assert cut.summary["stopped"] == "max steps" and cut.history == []
+    assert cut.summary.stopped is StopReason.MAX_STEPS and cut.history == []
     resumed = train(resume=cut.path, progress=False)
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in whole.history]
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
@@ -110,18 +110,18 @@ def test_a_nan_batch_can_be_skipped(tmp_path, mnist_dir):
 
 def test_time_budget_ends_cleanly_and_resumes(tmp_path, mnist_dir):
     run = train(_config(tmp_path, mnist_dir, **{"train.time": "0.01s", "train.epochs": 2}), progress=False)
-    assert run.summary["stopped"] == "time budget" and run.summary["steps"] >= 1
+    assert run.summary.stopped is StopReason.TIME and run.summary.steps >= 1
     assert (run.path / "model.safetensors").is_file()
-    assert train(resume=run.path, progress=False).summary["stopped"] == "time budget"  # the budget is total time
+    assert train(resume=run.path, progress=False).summary.stopped is StopReason.TIME  # the budget is total time
     longer = load_config(run.path / "config.yaml", {"train.time": None})
-    assert train(longer, resume=run.path, progress=False).summary["stopped"] == "done"
+    assert train(longer, resume=run.path, progress=False).summary.stopped is StopReason.DONE
 
 
 def test_early_stopping(tmp_path, mnist_dir):
     config = _config(tmp_path, mnist_dir, **{"train.lr": 0.0, "train.schedule": "constant", "train.epochs": 5,
                                              "train.early_stop": 2, "train.monitor": "val_loss"})
     run = train(config, progress=False)
-    assert run.summary["stopped"] == "early stopping" and len(run.history) == 3  # best at 1, then 2 without
+    assert run.summary.stopped is StopReason.EARLY_STOP and len(run.history) == 3  # best at 1, then 2 without
 
 
 def test_transfer_schedule_trains_only_the_head_first(tmp_path, mnist_dir):
@@ -390,7 +390,7 @@ def test_fgsm_training_attacks_from_a_random_start_without_touching_batch_norm(t
     change = (pre.denormalize(adv) - pre.denormalize(x)).abs()
     assert float(change.max()) <= 0.2 + 1e-5
     assert 0.05 < float(change[change > 0].mean()) < 0.2  # a random start and one 1.25 eps step, clipped
-    assert train(config, progress=False, max_steps=3).summary["stopped"] == "max steps"
+    assert train(config, progress=False, max_steps=3).summary.stopped is StopReason.MAX_STEPS
 
 
 def test_adversarial_and_noise_settings_are_checked(tmp_path, mnist_dir):
@@ -401,3 +401,17 @@ def test_adversarial_and_noise_settings_are_checked(tmp_path, mnist_dir):
         with pytest.raises(ImgclfError, match=message):
             train(_config(tmp_path, mnist_dir, **{key: value}), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_summary_reads_old_and_writes_the_same_summary_json(tmp_path):
+    old = {"stopped": "early stopping", "epochs": 3.0, "steps": 30, "device": "cpu", "threads": 2, "best": {},
+           "train_seconds": 1.5, "process_seconds": 2.0, "skipped_steps": 0}  # before processes, image counts
+    summary = RunSummary.from_json(old)
+    assert summary.stopped is StopReason.EARLY_STOP and summary.stopped.finished and summary.best is None
+    assert summary.processes == 1 and summary.test_acc is None and f"{summary.stopped}" == "early stopping"
+    full = {**old, "stopped": "interrupted", "processes": 2, "best": {"value": 0.9, "metric": "val_acc", "epoch": 2,
+            "step": 20}, "train_images": 90, "val_images": 10, "test_acc": 0.8}
+    RunSummary.from_json(full).save(tmp_path / "summary.json")
+    assert json.loads((tmp_path / "summary.json").read_text()) == full
+    again = RunSummary.read(tmp_path)
+    assert again.best.value == 0.9 and not again.stopped.finished and RunSummary.read(tmp_path / "none") is None

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from imgclf.cli import main
 from imgclf.config import load_config
-from imgclf.training import train
+from imgclf.training import StopReason, train
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"  # as in tests/conftest.py
 
@@ -67,12 +67,12 @@ def test_a_pretrained_file_fine_tunes_on_real_photos_head_first(tmp_path):
     body = _body(after_frozen["model"])
     assert body.keys() == saved.keys() - {"fc.weight", "fc.bias"}  # the file's 10-class fc is not loaded
     assert all(torch.equal(v, saved[k]) for k, v in body.items())  # frozen: not one value (nor BN statistic) moved
-    assert after_frozen["model"]["head.weight"].shape == (2, 512) and run.summary["stopped"] == "done"
+    assert after_frozen["model"]["head.weight"].shape == (2, 512) and run.summary.stopped is StopReason.DONE
     assert len(after_frozen["optimizer"]["state"]) == 2  # AdamW stepped only the head's weight and bias
     final = _body(torch.load(run.path / "state.pt", weights_only=True)["model"])  # the last weights
     assert not torch.equal(final["layer4.1.conv2.weight"], saved["layer4.1.conv2.weight"])  # then unfrozen
     assert {"config.yaml", "model.json", "metrics.csv", "state.pt"} <= {p.name for p in run.path.iterdir()}
-    assert "test_acc" not in run.summary  # hymenoptera has train/ and val/ only
+    assert run.summary.test_acc is None  # hymenoptera has train/ and val/ only
 
     assert main(["evaluate", str(run.path), "--split", "val", "-q", "--latency-runs", "2"]) == 0
     report = json.loads((run.path / "report.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgclf.commands.common import Parents, names, number_list, positive
+from imgclf.commands.common import Parents, names, number_list, positive, score_on
 
 
 def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
@@ -38,18 +38,15 @@ def _robustness(args: argparse.Namespace) -> None:
     r, html = robustness(args.run_dir, corruptions=names(args.corruptions, list(CORRUPTIONS)),
                          attack_names=tuple(names(args.attacks, ATTACKS)), eps=args.eps, steps=args.steps,
                          step_size=args.step_size, random_start=args.random_start, limit=args.limit, seed=args.seed,
-                         batch_size=args.batch_size, source=args.source, data_dir=args.data_dir, split=args.split,
-                         device=args.device, out=args.out, progress=not args.quiet)
-    print(f"{r['model']} on {r['images']:,} {r['dataset']} {r['split']} images: clean accuracy "
-          f"{r['clean_accuracy']:.4f}")
-    if r["corruptions"]:
+                         batch_size=args.batch_size, on=score_on(args), out=args.out, progress=not args.quiet)
+    print(f"{r.model} on {r.images:,} {r.dataset} {r.split} images: clean accuracy {r.clean_accuracy:.4f}")
+    if r.corruptions:
         print(f"{'corruption':<16}" + "".join(f"{f'sev {s}':>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}")
-        for name, c in r["corruptions"].items():
-            print(f"{name:<16}" + "".join(f"{a:>8.4f}" for a in c["accuracy"]) + f"{c['mean_accuracy']:>8.4f}")
-        drop = r["relative_degradation"]
-        print(f"mean corruption accuracy {r['mean_corruption_accuracy']:.4f} (relative degradation "
+        for name, c in r.corruptions.items():
+            print(f"{name:<16}" + "".join(f"{a:>8.4f}" for a in c.accuracy) + f"{c.mean_accuracy:>8.4f}")
+        drop = r.relative_degradation
+        print(f"mean corruption accuracy {r.mean_corruption_accuracy:.4f} (relative degradation "
               + ("n/a: clean accuracy is 0)" if drop is None else f"{drop:.1%})"))
-    for name, a in r["attacks"].items():
-        if name != "settings":
-            print(f"{name} accuracy: " + ", ".join(f"eps {e}: {v:.4f}" for e, v in a["accuracy_by_eps"].items()))
+    for name, accs in r.attacks.items():
+        print(f"{name} accuracy: " + ", ".join(f"eps {e}: {v:.4f}" for e, v in accs.items()))
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")

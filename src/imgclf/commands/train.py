@@ -38,7 +38,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from imgclf.config import load_config
-    from imgclf.training import LostProcess, train
+    from imgclf.training import LostProcess, StopReason, train
 
     given = overrides(args)
     if args.resume is not None:
@@ -61,19 +61,18 @@ def _train(args: argparse.Namespace) -> None:
         os._exit(1)
     if rank():
         return
-    summary = run.summary
-    best = summary.get("best") or {}
+    summary, best = run.summary, run.summary.best
     print(f"run: {run.path}")
-    print(f"{summary['stopped']} after {summary['epochs']:.2f} epochs ({summary['steps']} steps) "
-          f"in {summary['train_seconds']:.1f}s of training")
-    if best.get("metric", "epoch") != "epoch":
-        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']:.4g}, saved to "
+    print(f"{summary.stopped} after {summary.epochs:.2f} epochs ({summary.steps} steps) "
+          f"in {summary.train_seconds:.1f}s of training")
+    if best and best.metric != "epoch":
+        print(f"best {best.metric} {best.value:.4f} at epoch {best.epoch:.4g}, saved to "
               f"{run.path / 'model.safetensors'}")
     elif best:
         print(f"no validation split: the final weights are saved to {run.path / 'model.safetensors'}")
-    if "test_acc" in summary:
-        print(f"test accuracy {summary['test_acc']:.4f} (the saved model on the test split)")
-    if summary["stopped"] == "interrupted":
+    if summary.test_acc is not None:
+        print(f"test accuracy {summary.test_acc:.4f} (the saved model on the test split)")
+    if summary.stopped is StopReason.INTERRUPTED:
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
 
 

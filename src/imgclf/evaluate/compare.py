@@ -18,12 +18,13 @@ from imgclf.evaluate.evaluation import (
     open_run,
     predict,
     robustness_record,
-    training_record,
 )
 from imgclf.evaluate.report import figure, page, table
 from imgclf.evaluate.results import Result
+from imgclf.evaluate.robustness_report import RobustnessHeadline
 from imgclf.evaluate.stats import format_interval, format_p, mcnemar, scores
 from imgclf.files import atomic_write
+from imgclf.training.summary import RunSummary
 
 # Published test accuracies, for context only: other training setups, not runs of this tool.
 PUBLISHED = {
@@ -110,13 +111,14 @@ def compare(predictions: list[Predictions], *, pairs: list[tuple[str, str]] = ()
         probs = metrics.softmax(p.logits, run.meta.get("temperature", 1.0))
         predicted = probs.argmax(axis=1)
         outcomes.append(predicted == p.targets)
+        summary, robust = RunSummary.read(run.folder), robustness_record(run.folder, run.meta)
         entries.append(Ranked(
             name=run.name, run=str(run.path), model=run.meta["architecture"]["name"],
             **scores(p.targets, predicted, len(run.meta["classes"]), resamples, seed),
             ece=metrics.calibration(probs, p.targets)["ece"], params=speed["params"], flops=speed["flops"],
             latency_ms=speed["latency_ms"], throughput=speed["throughput"],
-            train_seconds=training_record(run.folder)["summary"].get("train_seconds"),
-            robustness=(robustness_record(run.folder, run.meta) or {}).get("headline"), fingerprint=run.fingerprint))
+            train_seconds=summary.train_seconds if summary else None,
+            robustness=robust.headline.to_json() if robust else None, fingerprint=run.fingerprint))
     best = int(np.argmax([e.accuracy for e in entries]))
     for entry, correct in zip(entries, outcomes, strict=True):
         entry.vs_best = None if entry is entries[best] else mcnemar(outcomes[best], correct)
@@ -171,10 +173,11 @@ def render_comparison(result: Comparison) -> str:
                "latency p50 / p99 (ms)", "McNemar p vs best (best right only vs this right only)"]
     if any(e.robustness for e in board):  # measured by imgclf robustness on some of the runs
         headers += ["mean corruption accuracy", "PGD accuracy (eps)"]
+        unmeasured = RobustnessHeadline(None, None, None)
         for row, e in zip(rows, board, strict=True):
-            r = e.robustness or {}
-            row += [r.get("mean_corruption_accuracy"),
-                    None if r.get("pgd_accuracy") is None else f"{r['pgd_accuracy']:.4f} ({r['pgd_eps']})"]
+            r = RobustnessHeadline.from_json(e.robustness) if e.robustness else unmeasured
+            row += [r.mean_corruption_accuracy,
+                    None if r.pgd_accuracy is None else f"{r.pgd_accuracy:.4f} ({r.pgd_eps})"]
     leaderboard = table(headers, rows)
     plot = plots.accuracy_latency_plot(board)
     published = table(["model (published, not run here)", "test accuracy", "source"],

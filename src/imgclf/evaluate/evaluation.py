@@ -25,11 +25,13 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
 from imgclf.evaluate.results import Result
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
+from imgclf.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
@@ -145,6 +147,16 @@ class EvalReport(Result):
     tta: bool = False
     notes: list[str] = field(default_factory=list)
     fingerprint: str | None = None  # OpenRun.fingerprint of what was scored (None: not recorded)
+
+    @property
+    def run_summary(self) -> RunSummary | None:
+        """The run's summary.json when it was evaluated (None: it had none)."""
+        return RunSummary.from_json(self.training["summary"]) if self.training["summary"] else None
+
+    @property
+    def robustness_report(self) -> RobustnessReport | None:
+        """The robustness results of these weights (None: not measured)."""
+        return RobustnessReport.from_json(self.robustness) if self.robustness else None
 
 
 def run_config(folder: Path) -> Config | None:
@@ -321,32 +333,26 @@ def efficiency(model: Classifier, meta: dict, folder: Path, split: Split, device
 
 def training_record(folder: Path) -> dict:
     """The run's summary.json and metrics.csv rows (numbers as floats), where present."""
-    record: dict = {"summary": {}, "history": []}
-    if (folder / "summary.json").is_file():
-        record["summary"] = json.loads((folder / "summary.json").read_text())
+    summary = RunSummary.read(folder)
+    record: dict = {"summary": summary.to_json() if summary else {}, "history": []}
     if (folder / "metrics.csv").is_file():
         with (folder / "metrics.csv").open(newline="") as f:
             record["history"] = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return record
 
 
-def robustness_record(folder: Path, meta: dict) -> dict | None:
-    """The run's robustness.json (written by imgclf robustness) with a headline, if it measured these weights."""
+def robustness_record(folder: Path, meta: dict) -> RobustnessReport | None:
+    """The run's robustness.json (written by imgclf robustness), if it measured these weights."""
     path = folder / "robustness.json"
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text())
-        measured = report["sha256"]
-        pgd = report["attacks"].get("pgd", {}).get("accuracy_by_eps", {})
-        largest = max(pgd, key=float, default=None)
-        report["headline"] = {"mean_corruption_accuracy": report["mean_corruption_accuracy"],
-                              "pgd_eps": None if largest is None else float(largest),
-                              "pgd_accuracy": None if largest is None else pgd[largest]}
+        report = RobustnessReport.from_json(json.loads(path.read_text()))
+        report.headline  # noqa: B018 -- eps that are not numbers fail here, not later in a report
     except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s is damaged and left out of the report; run imgclf robustness again", path)
         return None
-    if measured != meta.get("sha256"):
+    if report.sha256 != meta.get("sha256"):
         log.warning("%s measured other weights than %s's and is left out; run imgclf robustness again", path, folder)
         return None
     return report
@@ -402,6 +408,7 @@ def evaluate(predictions: Predictions, *, resamples: int = 1000, seed: int = 0) 
     probs = metrics.softmax(logits, temperature)  # what predict and serve return
     scored = metrics.classification_report(probs, targets, classes)
     del scored["curves"]  # drawn by the HTML writer
+    robust = robustness_record(run.folder, run.meta)
     return EvalReport(
         **scored, run=str(run.folder),
         model_file=str(run.path) if run.exported else str(run.folder / "model.safetensors"),
@@ -413,7 +420,8 @@ def evaluate(predictions: Predictions, *, resamples: int = 1000, seed: int = 0) 
                      "ece_uncalibrated": metrics.calibration(raw, targets)["ece"],
                      "log_loss_uncalibrated": metrics.log_loss(raw, targets)},
         efficiency=predictions.efficiency, training=training_record(run.folder),
-        misclassified=_misclassified(probs, targets, classes), robustness=robustness_record(run.folder, run.meta),
+        misclassified=_misclassified(probs, targets, classes),
+        robustness=None if robust is None else {**robust.to_json(), "headline": robust.headline.to_json()},
         tta=predictions.tta, notes=input_notes(data.split, preprocess_of(run.meta)) + (
             ["scored with test-time augmentation: the mean of each image's and its mirror image's logits (latency "
              "and throughput are of one pass)"] if predictions.tta else []),
@@ -473,7 +481,7 @@ def _figures(report: EvalReport, predictions: Predictions) -> dict[str, bytes]:
     if history:
         figures["curves"] = plots.training_curves(history)
     if report.robustness:
-        figures["robustness"] = plots.robustness_plot(report.robustness)
+        figures["robustness"] = plots.robustness_plot(report.robustness_report)
     if report.misclassified:
         shown, pre, split = report.misclassified, preprocess_of(predictions.run.meta), predictions.run.data.split
         images = [pre.prepare(split[m["index"]][0]).numpy() for m in shown]

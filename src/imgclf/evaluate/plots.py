@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from imgclf.evaluate.robustness_report import RobustnessReport
+
 if TYPE_CHECKING:
     from imgclf.evaluate.compare import Ranked
 
@@ -166,22 +168,21 @@ def explanation_grid(images: list[np.ndarray], maps: dict[str, np.ndarray], titl
     return _png(fig)
 
 
-def robustness_plot(report: dict) -> bytes:
+def robustness_plot(report: RobustnessReport) -> bytes:
     """Accuracy against corruption severity (one line per corruption) and against attack eps (one per attack),
     the clean accuracy at 0."""
-    attacked = {k: v["accuracy_by_eps"] for k, v in report["attacks"].items() if k != "settings"}
-    panels = [p for p in ("corruptions", "attacks") if (report["corruptions"] if p == "corruptions" else attacked)]
+    panels = [name for name, measured in (("corruptions", report.corruptions), ("attacks", report.attacks)) if measured]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.5), dpi=100, squeeze=False)
-    clean = report["clean_accuracy"]
+    clean = report.clean_accuracy
     for ax, panel in zip(axes.flat, panels, strict=False):
         if panel == "corruptions":
-            for i, (name, c) in enumerate(report["corruptions"].items()):  # 15 lines: 20 colours, 2 styles
-                ax.plot(range(len(c["accuracy"]) + 1), [clean, *c["accuracy"]], marker=".", label=name,
+            for i, (name, c) in enumerate(report.corruptions.items()):  # 15 lines: 20 colours, 2 styles
+                ax.plot(range(len(c.accuracy) + 1), [clean, *c.accuracy], marker=".", label=name,
                         color=plt.cm.tab20(i % 20), linestyle="-" if i % 2 == 0 else "--")
             ax.set(xlabel="severity (0: clean)", title="corruptions")
             ax.legend(fontsize=7, ncol=2)
         else:
-            for name, accs in attacked.items():
+            for name, accs in report.attacks.items():
                 eps = sorted(accs, key=float)
                 ax.plot([0.0, *map(float, eps)], [clean, *[accs[e] for e in eps]], marker="o", label=name)
             ax.set(xlabel="eps (L-inf, pixels in [0, 1])", title="attacks")

@@ -6,6 +6,7 @@ import base64
 from html import escape
 from typing import TYPE_CHECKING
 
+from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import format_interval
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
 def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
     """An evaluation report as one HTML document, with its plots (PNG bytes by section)."""
     ci, eff, temp, fair = r.confidence_intervals, r.efficiency, r.temperature, r.fairness
-    train = r.training["summary"]
+    train = r.run_summary
     headline = table(["metric", "value"], [
         ["samples", f"{r.samples:,} ({r.dataset} {r.split})"],
         ["accuracy [95% bootstrap CI]", format_interval(r.accuracy, ci["accuracy"])],
@@ -56,7 +57,7 @@ def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
         ["worst class accuracy", f"{fair['worst_accuracy']:.4f} (class {fair['worst_class']})"],
         ["latency at batch 1 p50 / p99", f"{eff['latency_ms']['p50']:.2f} / {eff['latency_ms']['p99']:.2f} ms"],
         ["parameters / FLOPs per image", f"{eff['params']:,} / {eff['flops']:,}"],
-        ["training time", f"{train['train_seconds']:.1f} s" if "train_seconds" in train else None],
+        ["training time", f"{train.train_seconds:.1f} s" if train else None],
     ])
     per_class = table(["class", "precision", "recall", "F1", "support", "ROC AUC", "average precision"],
                       [[row["class"], row["precision"], row["recall"], row["f1"], row["support"], auc, ap]
@@ -82,8 +83,8 @@ def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
         *[[f"latency at batch 1, {q}", f"{eff['latency_ms'][q]:.3f} ms"] for q in ("p50", "p95", "p99")],
         [f"throughput at batch {eff['throughput']['batch']}",
          f"{eff['throughput']['images_per_second']:,.0f} images/s"],
-        ["training time", f"{train['train_seconds']:.1f} s over {train['epochs']:.2f} epochs on {train['device']}"
-         if "train_seconds" in train else None]])
+        ["training time", f"{train.train_seconds:.1f} s over {train.epochs:.2f} epochs on {train.device}"
+         if train else None]])
     fairness = table(["", "class", "accuracy (recall)"],
                      [["worst", fair["worst_class"], fair["worst_accuracy"]],
                       ["best", fair["best_class"], fair["best_accuracy"]], ["gap", "", fair["gap"]]])
@@ -101,33 +102,32 @@ def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
          + figure(figures.get("misclassified"), "misclassified images") if r.misclassified else ""),
         ("Efficiency", efficiency),
         ("Fairness", fairness),
-        ("Robustness", robustness_section(r.robustness, figures.get("robustness")) if r.robustness else ""),
+        ("Robustness", robustness_section(r.robustness_report, figures.get("robustness")) if r.robustness else ""),
     ])
 
 
-def robustness_section(report: dict, png: bytes | None) -> str:
+def robustness_section(report: RobustnessReport, png: bytes | None) -> str:
     """The robustness tables and plots as an HTML fragment (its own page, or a section of a report)."""
-    note = (f"<p class='note'>{report['images']:,} {escape(report['dataset'])} {escape(report['split'])} images "
-            f"(seeded sample, seed {report['seed']}); "
-            f"clean accuracy {report['clean_accuracy']:.4f}.</p>")
-    corruptions = report["corruptions"]
-    severities = max((len(c["accuracy"]) for c in corruptions.values()), default=0)
+    note = (f"<p class='note'>{report.images:,} {escape(report.dataset)} {escape(report.split)} images "
+            f"(seeded sample, seed {report.seed}); "
+            f"clean accuracy {report.clean_accuracy:.4f}.</p>")
+    corruptions = report.corruptions
+    severities = max((len(c.accuracy) for c in corruptions.values()), default=0)
     body = note
     if corruptions:
         body += table(["corruption", *[f"severity {s + 1}" for s in range(severities)], "mean",
                        "relative degradation"],
-                      [[name, *c["accuracy"], c["mean_accuracy"], c["relative_degradation"]]
+                      [[name, *c.accuracy, c.mean_accuracy, c.relative_degradation]
                        for name, c in corruptions.items()]
-                      + [["all (mean corruption accuracy)", *[None] * severities, report["mean_corruption_accuracy"],
-                          report["relative_degradation"]]])
-    settings = report["attacks"]["settings"]
-    attacked = {k: v for k, v in report["attacks"].items() if k != "settings"}
-    if attacked:
-        eps = sorted({e for a in attacked.values() for e in a["accuracy_by_eps"]}, key=float)
-        body += (f"<p class='note'>Attacks: {escape(settings['norm'])}; PGD {settings['steps']} steps of "
-                 f"{escape(str(settings['step_size']))}, random start {settings['random_start']}.</p>"
+                      + [["all (mean corruption accuracy)", *[None] * severities, report.mean_corruption_accuracy,
+                          report.relative_degradation]])
+    settings = report.attack_settings
+    if report.attacks:
+        eps = sorted({e for accs in report.attacks.values() for e in accs}, key=float)
+        body += (f"<p class='note'>Attacks: {escape(settings.norm)}; PGD {settings.steps} steps of "
+                 f"{escape(str(settings.step_size))}, random start {settings.random_start}.</p>"
                  + table(["attack", *[f"eps {e}" for e in eps]],
-                         [[name, *[a["accuracy_by_eps"].get(e) for e in eps]] for name, a in attacked.items()]))
+                         [[name, *[accs.get(e) for e in eps]] for name, accs in report.attacks.items()]))
     return body + figure(png, "accuracy by corruption severity and attack strength")
 
 

@@ -60,9 +60,9 @@ class Group:
         dist.all_reduce(total)
         return total.tolist()
 
-    def most_urgent(self, reasons: tuple[str, ...], reason: str, device: torch.device) -> str:
+    def most_urgent(self, reasons: tuple[T, ...], reason: T, device: torch.device) -> T:
         """Agree on a reason to stop: of the reasons the processes have, the one latest in `reasons` (which lists
-        them least urgent first; reasons[0], "", is none)."""
+        them least urgent first; reasons[0] stands for none)."""
         if not self.active:
             return reason
         code = torch.tensor([reasons.index(reason)], device=device)

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -30,12 +30,14 @@ from imgclf.rundir import atomic_write, load_model, save_model
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
 from imgclf.training.parts import build_parts
 from imgclf.training.recipe import resolve
+from imgclf.training.summary import Best, RunSummary, StopReason
 
 log = logging.getLogger(__name__)
 # settings a resumed run may change: where the data is and how it is read, and when to stop
 _RESUMABLE = {"data": {"data_dir", "num_workers"},
               "train": {"epochs", "time", "early_stop", "device", "dist_timeout"}}
-_STOPS = ("", "max steps", "time budget", "interrupted")  # why a session ends before its last step, least urgent first
+# why a session ends before its last step, None for none, least urgent first (Group.most_urgent agrees on one)
+_STOPS = (None, StopReason.MAX_STEPS, StopReason.TIME, StopReason.INTERRUPTED)
 
 
 class TrainingError(ImgclfError):
@@ -52,8 +54,8 @@ class Run:
 
     path: Path
     config: Config
-    history: list[dict] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
+    history: list[dict]
+    summary: RunSummary
 
 
 def train(config: Config | None = None, resume: str | Path | None = None, *, progress: bool = True,
@@ -61,7 +63,7 @@ def train(config: Config | None = None, resume: str | Path | None = None, *, pro
     """Train per `config` into a new run directory, or continue the run in `resume` exactly.
 
     max_steps ends this call cleanly after that many optimizer steps, as the time budget does (resumable).
-    on_epoch(row) sees every epoch's metrics row and may return True to stop the run there ("pruned").
+    on_epoch(row) sees every epoch's metrics row and may return True to stop the run there (StopReason.PRUNED).
     test=False leaves the test split alone (hyperparameter search selects on validation only)."""
     started = time.monotonic()
     if resume is not None:
@@ -238,7 +240,7 @@ class Trainer:
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, started: float, max_steps: int | None) -> Run:
         cfg = self.config.train
-        self.session_start, steps_at_start, stop = time.monotonic(), self.step, ""
+        self.session_start, steps_at_start, stop = time.monotonic(), self.step, None
         previous = self._catch_signals()
         try:
             while self.step < self.parts.total_steps and not stop:
@@ -255,7 +257,7 @@ class Trainer:
                 if not stop or self.batch == self.parts.steps_per_epoch:
                     stop = self._end_epoch() or stop
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the step loop
-            stop = "interrupted"
+            stop = StopReason.INTERRUPTED
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -281,7 +283,7 @@ class Trainer:
     def elapsed_now(self) -> float:
         return self.elapsed + time.monotonic() - self.session_start
 
-    def _train_epoch(self, order: torch.Tensor, steps_at_start: int, max_steps: int | None) -> str:
+    def _train_epoch(self, order: torch.Tensor, steps_at_start: int, max_steps: int | None) -> StopReason | None:
         """Steps over `order` until the epoch, the step count or a budget ends; returns why it stopped early."""
         self.parts.model.train()
         remaining = min(len(order) // self.local_batch, self.parts.total_steps - self.step)
@@ -298,13 +300,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.partial['loss'] / max(1, self.partial['count']):.4f}", refresh=False)
                 if self.step >= self.parts.total_steps:
                     break
-                reason = ("interrupted" if self.interrupted else
-                          "time budget" if self.budget and time.monotonic() - self.session_start >= self.budget else
-                          "max steps" if max_steps is not None and self.step - steps_at_start >= max_steps else "")
+                reason = (StopReason.INTERRUPTED if self.interrupted else
+                          StopReason.TIME if self.budget and time.monotonic() - self.session_start >= self.budget else
+                          StopReason.MAX_STEPS if max_steps is not None and self.step - steps_at_start >= max_steps
+                          else None)
                 reason = self.group.most_urgent(_STOPS, reason, self.parts.device)  # all processes stop at one step
                 if reason:
                     return reason
-        return ""
+        return None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         cfg, parts = self.config.train, self.parts
@@ -361,7 +364,7 @@ class Trainer:
                             "or clip gradients (train.clip 1.0). Nothing from this step was saved; the last "
                             f"good checkpoint stays in {self.folder}.")
 
-    def _end_epoch(self) -> str:
+    def _end_epoch(self) -> StopReason | None:
         """Validate, log a row, keep the best weights, checkpoint; returns a reason to stop, if any."""
         cfg = self.config.train
         complete = self.batch == self.parts.steps_per_epoch  # else the run's last, fractional epoch
@@ -384,10 +387,10 @@ class Trainer:
         values = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "seconds"))
         log.info("epoch %g: %s  (%.1fs)", row["epoch"], values, row["seconds"])
         if cfg.early_stop and self.bad_epochs >= cfg.early_stop:
-            return "early stopping"
+            return StopReason.EARLY_STOP
         if self.on_epoch is not None and self.on_epoch(row):
-            return "pruned"
-        return ""
+            return StopReason.PRUNED
+        return None
 
     def validate(self) -> dict:
         """Loss and accuracy on the validation split (with the EMA weights when enabled)."""
@@ -427,7 +430,7 @@ class Trainer:
                 writer.writerows(self.history)
         atomic_write(self.folder / "metrics.csv", write)
 
-    def _stop_mid_epoch(self, reason: str) -> None:
+    def _stop_mid_epoch(self, reason: StopReason) -> None:
         """A budget or Ctrl-C ended the run part-way: keep the weights if they are the best, and a checkpoint."""
         if self.partial["count"]:
             row = {"epoch": self.epoch + self.batch / self.parts.steps_per_epoch, "step": self.step, **self.validate()}
@@ -437,17 +440,19 @@ class Trainer:
             log.warning("%s: stopped at epoch %.2f, step %d; continue with `imgclf train --resume %s`",
                         reason, self.epoch + self.batch / self.parts.steps_per_epoch, self.step, self.folder)
 
-    def _finish(self, stop: str, started: float) -> Run:
-        summary = {"stopped": stop or "done", "epochs": self.step / self.parts.steps_per_epoch, "steps": self.step,
-                   "device": str(self.parts.device), "threads": torch.get_num_threads(), "processes": self.group.world,
-                   "best": self.best, "train_seconds": round(self.elapsed, 2),
-                   "process_seconds": round(time.monotonic() - started, 2), "skipped_steps": self.skipped,
-                   "train_images": len(self.parts.train_split), "val_images": len(self.parts.val_split or ())}
-        if not self.group.main:  # rank 0 tests the saved model and writes the summary
-            return Run(self.folder, self.config, self.history, summary)
-        if self.test and "test" in self.parts.dataset.splits and self.best and stop not in ("interrupted", "pruned"):
-            summary["test_acc"] = self._test_accuracy()
-        atomic_write(self.folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    def _finish(self, stop: StopReason | None, started: float) -> Run:
+        stop = stop or StopReason.DONE
+        # rank 0 tests the saved model and writes the summary
+        tested = (self.group.main and self.test and "test" in self.parts.dataset.splits and self.best
+                  and stop not in (StopReason.INTERRUPTED, StopReason.PRUNED))
+        summary = RunSummary(
+            stopped=stop, epochs=self.step / self.parts.steps_per_epoch, steps=self.step, device=str(self.parts.device),
+            threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
+            train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
+            skipped_steps=self.skipped, train_images=len(self.parts.train_split),
+            val_images=len(self.parts.val_split or ()), test_acc=self._test_accuracy() if tested else None)
+        if self.group.main:
+            summary.save(self.folder / "summary.json")
         return Run(self.folder, self.config, self.history, summary)
 
     def _test_accuracy(self) -> float:
