@@ -11,7 +11,7 @@ from imgclf.training.loop import _STOPS
 
 
 @pytest.mark.parametrize(("mine", "theirs", "agreed"), [
-    ("", "", ""), ("", "max steps", "max steps"), ("time budget", "max steps", "time budget"),
+    (None, None, None), (None, "max steps", "max steps"), ("time budget", "max steps", "time budget"),
     ("interrupted", "time budget", "interrupted"), ("max steps", "interrupted", "interrupted")])
 def test_processes_agree_on_the_most_urgent_reason_to_stop(monkeypatch, mine, theirs, agreed):
     def all_reduce(code: torch.Tensor, op: object) -> None:  # the other process holds `theirs`
