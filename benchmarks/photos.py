@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from imgclf.evaluate.evaluation import EvalReport
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
@@ -61,7 +62,7 @@ def val_accuracy(run: Path, tta: bool) -> float:
     subprocess.run([IMGCLF, "evaluate", str(run), "--split", "val", "--resamples", "100", "--latency-runs", "5",
                     "-q", "--out", str(run / f"val{'-tta' if tta else ''}"), *(["--tta"] if tta else [])],
                    check=True, capture_output=True)
-    return json.loads((run / f"val{'-tta' if tta else ''}" / "report.json").read_text())["accuracy"]
+    return EvalReport.load(run / f"val{'-tta' if tta else ''}" / "report.json").accuracy
 
 
 def curve(rows: list[dict]) -> str:

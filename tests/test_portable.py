@@ -73,6 +73,9 @@ def test_a_run_evaluates_exports_and_serves_from_anywhere(tmp_path, monkeypatch,
     with serving(copy) as url:
         answer = httpx.post(f"{url}/v1/predict", files={"file": image.read_bytes()}).json()
     assert [(t["label"], pytest.approx(t["probability"], abs=1e-6)) for t in answer["top"]] == expected
+    assert main(["evaluate", str(copy), "--data", f"folder:{moved}", "--calibrate", "--resamples", "20",
+                 "--latency-runs", "2", "-q"]) == 0  # fitted on the run's own val split, found at its new place
+    assert main(["train", "--resume", str(copy), "--data-dir", str(moved), "-q"]) == 0
 
     # files changed or gone since training: counted, named, and nothing is scored on a different split
     test_files = [rel for rel, _, _ in recorded["splits"]["test"]]

@@ -149,7 +149,7 @@ class Config:
 def find_config(path: str | Path) -> Path:
     """A YAML recipe: the file `path` when it exists, else the packaged recipe of that name (folder, mnist-fast)."""
     path = Path(path)
-    if path.exists() or len(path.parts) != 1:
+    if path.is_file() or len(path.parts) != 1:
         return path
     name = path.name.removesuffix(".yaml")
     if (RECIPES / f"{name}.yaml").is_file():

@@ -8,11 +8,14 @@ import torch
 from imgclf.training import distributed
 from imgclf.training.distributed import Group
 from imgclf.training.loop import _STOPS
+from imgclf.training.summary import StopReason
 
 
 @pytest.mark.parametrize(("mine", "theirs", "agreed"), [
-    (None, None, None), (None, "max steps", "max steps"), ("time budget", "max steps", "time budget"),
-    ("interrupted", "time budget", "interrupted"), ("max steps", "interrupted", "interrupted")])
+    (None, None, None), (None, StopReason.MAX_STEPS, StopReason.MAX_STEPS),
+    (StopReason.TIME, StopReason.MAX_STEPS, StopReason.TIME), (StopReason.INTERRUPTED, StopReason.TIME,
+                                                               StopReason.INTERRUPTED),
+    (StopReason.MAX_STEPS, StopReason.INTERRUPTED, StopReason.INTERRUPTED)])
 def test_processes_agree_on_the_most_urgent_reason_to_stop(monkeypatch, mine, theirs, agreed):
     def all_reduce(code: torch.Tensor, op: object) -> None:  # the other process holds `theirs`
         assert op == distributed.dist.ReduceOp.MAX

@@ -17,7 +17,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     explain.add_argument("--method", default="gradcam",
                          help="gradcam, saliency, integrated-gradients, a comma list, or all (default gradcam)")
     explain.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted one)")
-    explain.add_argument("--layer", help="Grad-CAM layer (default: the model's target layer; see imgclf summary)")
+    explain.add_argument("--layer", help="Grad-CAM layer (default: the model's target layer, or the last one whose "
+                                         "maps are at least 4x4 at the input size; see imgclf summary)")
     explain.add_argument("--out", type=Path, help="folder for the overlays (default RUN/explanations)")
     explain.set_defaults(run=_explain)
 

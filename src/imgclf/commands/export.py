@@ -24,6 +24,8 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     export.add_argument("--out", type=Path, help="folder for the exported file (default: the run)")
     export.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest probability difference to PyTorch accepted (default 1e-4)")
+    export.add_argument("--max-drop", type=float, default=0.01, metavar="FRACTION",
+                        help="int8: largest test accuracy it may lose against fp32 (default 0.01, one point)")
     export.set_defaults(run=_export)
 
     bench = commands.add_parser("benchmark", parents=[parents.logs],
@@ -44,7 +46,8 @@ def _export(args: argparse.Namespace) -> None:
 
     info, path = export_run(args.run_dir, args.format, quantize=args.quantize, opset=args.opset,
                             embed_normalization=args.embed_normalization,
-                            out=args.out, data_dir=args.data_dir, tolerance=args.tolerance)
+                            out=args.out, data_dir=args.data_dir, tolerance=args.tolerance,
+                            max_drop=args.max_drop)
     parity = info["parity"]
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) and {path.name}.json")
     print(f"parity with PyTorch on {parity['images']} test images: max |p - p_torch| {parity['max_abs_diff']:.2e}, "

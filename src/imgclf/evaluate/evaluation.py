@@ -173,7 +173,7 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
     holds them when the data has moved. 'val' is the run's own validation split (its fold, or the part carved
     from the training data)."""
     # an exported model outside its run finds the run's config through its provenance
-    home = folder if (folder / "config.yaml").is_file() else Path(meta.get("source", {}).get("run", folder))
+    home = _home(folder, meta)
     config = run_config(home)
     own = meta.get("dataset") or (config.data.dataset if config else None)
     if (source or own) is None:
@@ -209,6 +209,11 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
         raise ImgclfError(f"the {split} split of {dataset.name} is empty; give it images, or score another "
                           "split with imgclf evaluate --split.")
     return EvalData(dataset, chosen, _model_labels(dataset, meta["classes"], chosen), split)
+
+
+def _home(folder: Path, meta: dict) -> Path:
+    """The run directory holding the config and data.json: the model's own, or an export's source run."""
+    return folder if (folder / "config.yaml").is_file() else Path(meta.get("source", {}).get("run", folder))
 
 
 def _default_split(name: str, splits) -> str:
@@ -373,7 +378,10 @@ def calibrate_run(run: OpenRun, progress: bool = False) -> dict:
         raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
                           "carries the temperature).")
     on = run.on
-    own_data = on.data_dir if on.source is None or _same_source(on.source, run.meta.get("dataset")) else None
+    recorded = membership.read(_home(run.folder, run.meta)) if on.source else None
+    moved = _recorded_root(recorded, on.source, None) if recorded else None  # --data naming the run's data moved
+    own_data = moved or (on.data_dir if on.source is None or _same_source(on.source, run.meta.get("dataset"))
+                         else None)
     data = eval_data(run.folder, run.meta, data_dir=own_data, split="val")
     logits = predict_logits(run.model.to(run.device), data.split, preprocess_of(run.meta), run.device,
                             progress=progress)

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from imgclf.attacks import pgd
-from imgclf.config import Config, absolute_paths, check_config, load_config
+from imgclf.config import Config, absolute_paths, check_config, load_config, with_overrides
 from imgclf.data import FileSplit, Split, batches, membership
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
@@ -138,6 +138,8 @@ def _resume_config(folder: Path, given: Config | None) -> Config:
                             "the data, model and training settings (only "
                             + ", ".join(f"{s}.{k}" for s, keys in _RESUMABLE.items() for k in sorted(keys))
                             + " may change). Start a new run instead.")
+    if given.data.data_dir and given.data.dataset.startswith("folder:"):  # the run's image folder, moved
+        given = with_overrides(given, {"data.dataset": f"folder:{given.data.data_dir}"})
     return given
 
 
