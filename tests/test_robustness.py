@@ -18,7 +18,7 @@ from imgclf.evaluate.compare import compare_runs
 from imgclf.evaluate.evaluation import evaluate_run, robustness_record
 from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.export import export_run
-from imgclf.robustness import CORRUPTIONS, corrupt, robustness
+from imgclf.robustness import CORRUPTIONS, corrupt, measure_robustness, robustness
 from imgclf.rundir import load_model, preprocess_of
 
 
@@ -106,8 +106,9 @@ def test_robustness_report_evaluate_and_compare_include_it(run, tmp_path):
     assert pgd_acc["0.1"] <= fgsm_acc["0.1"]
     page = html.read_text()
     assert "rotation" in page and "pgd" in page and "data:image/png;base64" in page
-    again, _ = robustness(run, corruptions=["gaussian_noise"], attack_names=(), limit=200, out=tmp_path)
+    again = measure_robustness(run, corruptions=["gaussian_noise"], attack_names=(), limit=200)
     assert again.to_json()["corruptions"]["gaussian_noise"] == noise  # seeded: the same sample and the same noise
+    assert json.loads((run / "robustness.json").read_text()) == saved  # measuring writes nothing
 
     evaluated, report_html = evaluate_run(run, resamples=20, latency_runs=2, out=tmp_path / "eval")
     assert evaluated.robustness["headline"] == {"mean_corruption_accuracy": saved["mean_corruption_accuracy"],

@@ -29,7 +29,7 @@ from imgclf.evaluate.evaluation import EvalData, ScoreOn, eval_data
 from imgclf.evaluate.report import page, robustness_section
 from imgclf.evaluate.robustness_report import AttackSettings, CorruptionScores, RobustnessReport
 from imgclf.rundir import atomic_write, preprocess_of, run_folder
-from imgclf.runtime import ExportedModel, device_for, open_model
+from imgclf.runtime import ExportedModel, device_for, is_export, open_model
 
 SEVERITIES = 5
 
@@ -210,14 +210,22 @@ def corruptor(name: str, severity: int, seed: int = 0) -> Callable[..., torch.Te
     return apply
 
 
-def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[str] | None = None,
-               attack_names: tuple[str, ...] = attacks.ATTACKS,
-               eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3), steps: int = 40, step_size: float | None = None,
-               random_start: bool = True, limit: int | None = 2000, batch_size: int = 500, seed: int = 0,
-               out: str | Path | None = None, progress: bool = False) -> tuple[RobustnessReport, Path]:
+def robustness(run: str | Path, *, out: str | Path | None = None, **settings) -> tuple[RobustnessReport, Path]:
+    """measure_robustness(run, **settings), written as robustness.json and robustness.html into `out` (default:
+    the run; for an exported file, robustness-<file> in the run); returns the report and the HTML path."""
+    report = measure_robustness(run, **settings)
+    folder = run_folder(run)
+    return report, write_robustness(report, Path(out) if out else folder / f"robustness-{Path(run).name}"
+                                    if is_export(run) else folder)
+
+
+def measure_robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[str] | None = None,
+                       attack_names: tuple[str, ...] = attacks.ATTACKS,
+                       eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3), steps: int = 40,
+                       step_size: float | None = None, random_start: bool = True, limit: int | None = 2000,
+                       batch_size: int = 500, seed: int = 0, progress: bool = False) -> RobustnessReport:
     """Accuracy of a run's model on clean, corrupted and attacked images of the data `on` names (default: its
-    test split); writes robustness.json and robustness.html into `out` (default: the run; for an exported file,
-    robustness-<file> in the run) and returns the report and the HTML path."""
+    test split). Writes nothing."""
     corruptions = list(CORRUPTIONS) if corruptions is None else corruptions
     for name in corruptions:
         corruptor(name, 1)  # unknown names fail before any work
@@ -225,8 +233,7 @@ def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[st
     if seed < 0 or batch_size < 1:
         raise ImgclfError(f"the seed must be 0 or more and the batch size at least 1, got {seed} and {batch_size}.")
     model, meta = open_model(run)
-    exported = isinstance(model, ExportedModel)
-    if attack_names and exported:
+    if attack_names and isinstance(model, ExportedModel):
         raise ImgclfError("attacks need the model's gradients: run robustness on the run directory, or pass "
                           "--attacks none to measure corruptions only.")
     folder, target = run_folder(run), device_for(model, on.device)
@@ -257,12 +264,11 @@ def robustness(run: str | Path, *, on: ScoreOn = ScoreOn(), corruptions: list[st
                 generator=generator)) for e in eps}
     settings = AttackSettings(steps, "2.5 x eps / steps" if step_size is None else step_size, random_start,
                               "L-inf, pixel units in [0, 1]", batch_size)
-    report = _report(folder, meta, data, data.name, clean, by_corruption, by_attack, settings, seed, run)
-    return report, _write(report, Path(out) if out else folder / f"robustness-{Path(run).name}" if exported
-                          else folder)
+    return _report(folder, meta, data, data.name, clean, by_corruption, by_attack, settings, seed, run)
 
 
-def _write(report: RobustnessReport, out: Path) -> Path:
+def write_robustness(report: RobustnessReport, out: Path) -> Path:
+    """robustness.json and robustness.html in `out`; returns the HTML's path."""
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / "robustness.json")
     atomic_write(out / "robustness.html", lambda tmp: tmp.write_text(
