@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from imgclf.rundir import atomic_write, preprocess_of, run_folder
 from imgclf.runtime import is_export, open_model
 
 log = logging.getLogger(__name__)
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {min_side: layer name}
 METHODS = ("gradcam", "saliency", "integrated-gradients")
 
 
@@ -31,7 +33,15 @@ def _captum():
 
 def default_layer(model: Classifier, min_side: int = 4) -> str:
     """The model's Grad-CAM target layer when its map is at least min_side x min_side at the model's input size,
-    else the last module before it whose map is (at a tiny input: the last with the largest map)."""
+    else the last module before it whose map is (at a tiny input: the last with the largest map). Found once
+    per model: a served model explains many images."""
+    chosen = _DEFAULT_LAYERS.setdefault(model, {})
+    if min_side not in chosen:
+        chosen[min_side] = _default_layer(model, min_side)
+    return chosen[min_side]
+
+
+def _default_layer(model: Classifier, min_side: int) -> str:
     sides = map_sides(model)  # one pass on a zero image
     names = [name for name, _, _ in sides]
     upto = sides[: len(names) - names[::-1].index(model.target_layer)] if model.target_layer in names else sides
