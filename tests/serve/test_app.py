@@ -60,6 +60,8 @@ def test_predictions_match_the_cli_in_every_request_shape(server, digits, mnist_
             assert upload.status_code == 200 and upload.json()["label"] == label
             as_json = client.post("/v1/predict", json={"image": base64.b64encode(path.read_bytes()).decode()})
             assert as_json.json()["label"] == label
+            raw = client.post("/v1/predict", content=path.read_bytes(), headers={"content-type": "image/png"})
+            assert raw.json()["label"] == label
         body = upload.json()
         assert len(body["top"]) == 5 and sum(t["probability"] for t in body["top"]) <= 1 + 1e-6
         assert body["model"]["name"] == "mnist-fast" and upload.headers["x-model-version"] == body["model"]["version"]
@@ -114,7 +116,8 @@ def test_bad_input_gets_a_clear_error_and_never_a_500(server, digits):
         ({"json": {"image": "not base64!"}}, 422, "not valid base64"),
         ({"json": {"picture": "x"}}, 422, 'send {"image": base64}'),
         ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-        ({"content": png, "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
+        ({"content": png, "headers": {"content-type": "text/plain"}}, 415, "Content-Type: image/png"),
+        ({"content": png[: len(png) // 2], "headers": {"content-type": "image/png"}}, 422, "damaged or truncated"),
         ({"files": {"other": png}}, 422, "multipart field 'file'"),
     ]
     with httpx.Client(base_url=url) as client:
@@ -246,6 +249,17 @@ def test_concurrent_clients_share_batches_and_get_their_own_answers(server, digi
     assert images == 32 and passes < 32  # some requests shared a forward pass
 
 
+def test_a_lone_client_never_waits_for_company(mnist_run, digits):
+    """A batch waits for requests known to be on their way, not for the window: with a 10 s window and a 3 s
+    deadline a lone request is answered (it would be a 504 if it sat out the window)."""
+    png = digits[1][0].read_bytes()
+    with (serving(mnist_run, max_wait_ms=10_000, deadline_ms=3000, feedback_db=None) as url,
+          httpx.Client(base_url=url) as client):
+        answers = [client.post("/v1/predict", content=png, headers={"content-type": "image/png"}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert _batches(client.get("/metrics").text) == (3, 3)
+
+
 def _batches(metrics: str) -> tuple[float, float]:
     """(images, forward passes) so far, from the batch size histogram."""
     values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("imgclf_batch_size_"))
@@ -287,6 +301,30 @@ def test_cli_serve_drains_on_sigterm(mnist_run, digits, tmp_path):
         assert f"serving {mnist_run} on {url}" in process.stdout.read()
     finally:
         process.kill()
+
+
+def test_worker_processes_share_prediction_ids_and_metrics_and_stop_on_sigterm(mnist_run, digits, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process, url = start_server(mnist_run, "--workers", "2", "--feedback-db", str(tmp_path / "f.db"),
+                                stdout=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        wait_ready(url)
+        statuses = []
+        for path in digits[1][:12]:  # a new connection per request: the kernel spreads them over the workers
+            answer = httpx.post(f"{url}/v1/predict", content=path.read_bytes(), headers={"content-type": "image/png"})
+            correction = httpx.post(f"{url}/v1/feedback", json={"prediction_id": answer.json()["prediction_id"],
+                                                                "label": "3"})
+            statuses.append(correction.status_code)
+        metrics = httpx.get(f"{url}/metrics").text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert statuses == [201] * 12  # whichever worker made the prediction
+    assert 'imgclf_requests_total{path="/v1/predict",status="200"} 12.0' in metrics
+    assert "imgclf_feedback_total 12.0" in metrics and stats(tmp_path / "f.db")["feedback"] == 12
+    assert list(scratch.iterdir()) == []  # the shared files are gone
 
 
 def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_serving_on_failure(
@@ -382,7 +420,6 @@ def test_explain_endpoint_and_the_deadline(mnist_run, digits):
         other = client.post("/v1/explain", params={"method": "saliency", "target": "3"}, files={"file": png})
         assert other.headers["x-explained-class"] == "3"
         assert client.post("/v1/explain", params={"method": "lime"}, files={"file": png}).status_code == 422
-    with (serving(mnist_run, feedback_db=None, max_wait_ms=200, deadline_ms=20) as url,
-          httpx.Client(base_url=url) as client):
-        late = client.post("/v1/predict", files={"file": png})
-        assert late.status_code == 504 and "no answer within 20 ms" in late.json()["error"]
+    with (serving(mnist_run, feedback_db=None, deadline_ms=0.001) as url, httpx.Client(base_url=url) as client):
+        late = client.post("/v1/predict", files={"file": png})  # past its deadline once decoded: never queued
+        assert late.status_code == 504 and "no answer within 0.001 ms" in late.json()["error"]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import signal
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from imgclf.commands.common import Parents, positive
@@ -35,6 +39,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="enable POST /admin/reload, with the token in $IMGCLF_ADMIN_TOKEN")
     serve.add_argument("--models-dir", type=Path,
                        help="the folder reload may take runs from (default: the folder holding RUN)")
+    serve.add_argument("--workers", type=positive, default=1,
+                       help="server processes sharing the port, the feedback store and the prediction ids "
+                            "(default 1; one per core is fastest, see the README)")
     serve.set_defaults(run=_serve)
 
 
@@ -43,23 +50,46 @@ def _serve(args: argparse.Namespace) -> None:
         import torch
         import uvicorn
 
-        from imgclf.serve.app import ServeConfig, create_app
+        from imgclf.serve.app import WORKER_SETTINGS, ServeConfig, create_app
     except ImportError as err:
         raise ImgclfError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'imgclf[serve]'.") from err
     token = os.environ.get("IMGCLF_ADMIN_TOKEN") if args.admin else None
     if args.admin and not token:
         raise ImgclfError("--admin needs a token in the environment: export IMGCLF_ADMIN_TOKEN=<a long secret>.")
+    if args.admin and args.workers > 1:
+        raise ImgclfError("--admin reloads the model of one worker only: use it with --workers 1 (or restart the "
+                          "server to change the model of every worker).")
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
                          invert=args.invert, feedback_db=args.feedback_db, admin_token=token,
                          models_dir=str(args.models_dir or args.run_dir.resolve().parent))
-    app = create_app(args.run_dir, config)
-    print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API docs at /docs; Ctrl-C or SIGTERM stops "
-          "after the requests in flight)", flush=True)
-    # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
-    # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    torch.set_num_threads(args.threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning",
-                timeout_graceful_shutdown=30)
+    settings = {"host": args.host, "port": args.port, "log_level": "debug" if args.verbose else "warning",
+                "timeout_graceful_shutdown": 30}
+    if args.workers == 1:
+        app = create_app(args.run_dir, config)
+        _started(args)
+        # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
+        # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        torch.set_num_threads(args.threads)
+        uvicorn.run(app, **settings)
+        return
+    # several processes on one socket (uvicorn's supervisor; SIGTERM stops them all gracefully), each loading the
+    # model; they share the remembered predictions and the metrics through files in a scratch folder
+    scratch = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
+    try:
+        (scratch / "metrics").mkdir()
+        config.recent_db = str(scratch / "recent.db")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+        os.environ[WORKER_SETTINGS] = json.dumps({"model": str(args.run_dir.resolve()), "config": asdict(config),
+                                                  "threads": args.threads})
+        _started(args)
+        uvicorn.run("imgclf.serve.app:worker_app", factory=True, workers=args.workers, **settings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _started(args: argparse.Namespace) -> None:
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port} with {args.workers} worker process"
+          f"{'es' if args.workers > 1 else ''} (Ctrl-C or SIGTERM stops after the requests in flight)", flush=True)

@@ -13,9 +13,11 @@ import io
 import itertools
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 import uuid
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from imgclf.data.transforms import Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
@@ -32,6 +35,7 @@ from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 from imgclf.serve.batcher import Batcher, Overloaded
 from imgclf.serve.feedback import FeedbackStore, StoreError
+from imgclf.serve.recent import Recent, Remembered
 
 log = logging.getLogger(__name__)
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
@@ -57,6 +61,7 @@ class ServeConfig:
     remember_mb: float = 256.0  # within this much memory of image bytes
     admin_token: str | None = None  # enables POST /admin/reload (off when None)
     models_dir: str = "runs"  # the only folder reload takes runs from
+    recent_db: str | None = None  # where the remembered predictions live (shared by workers); None: a temp file
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
@@ -196,13 +201,15 @@ class Loaded:
 
 
 @dataclass
-class Remembered:
-    """An image the model scored: what a prediction id refers to, or an image sent with its correction."""
+class Job:
+    """One image for the batcher: its model input, the model it started under, and what to remember of it under
+    `prediction_id` (None: nothing)."""
 
+    x: torch.Tensor
+    loaded: Loaded
     image: bytes
-    predicted: str
-    version: str
     inverted: bool
+    prediction_id: str | None
 
 
 class Service:
@@ -211,17 +218,22 @@ class Service:
     def __init__(self, model_path: str | Path, config: ServeConfig) -> None:
         self.config = config
         self.current = self.load(model_path)
-        self.recent: OrderedDict[str, Remembered] = OrderedDict()
-        self.recent_bytes = 0
+        self.scratch = None if config.recent_db else tempfile.mkdtemp(prefix="imgclf-serve-")
+        self.recent = Recent(config.recent_db or Path(self.scratch) / "recent.db", config.remember,
+                             int(config.remember_mb * 2**20))
         self.ready = False
         self.reloading = asyncio.Lock()
-        registry = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes of one server: /metrics adds them up
+            MultiProcessCollector(self.registry)
+        registry = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else self.registry
         self.requests = Counter("imgclf_requests", "HTTP requests", ["path", "status"], registry=registry)
         self.latency = Histogram("imgclf_request_seconds", "request latency", ["path"], registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.batch_sizes = Histogram("imgclf_batch_size", "images per forward pass", registry=registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.queue_depth = Gauge("imgclf_queue_depth", "images waiting for a forward pass", registry=registry)
+        self.queue_depth = Gauge("imgclf_queue_depth", "images waiting for a forward pass", registry=registry,
+                                 multiprocess_mode="livesum")
         self.feedback_count = Counter("imgclf_feedback", "feedback rows stored", registry=registry)
         self.batcher = Batcher(self._infer, config.max_batch, config.max_wait_ms, config.max_queue,
                                on_batch=self.batch_sizes.observe)
@@ -264,15 +276,21 @@ class Service:
         if not authorization or not hmac.compare_digest(authorization.encode(), expected):
             raise ApiError(401, "reload needs the header Authorization: Bearer <the server's admin token>.")
 
-    def _infer(self, items: list[tuple[torch.Tensor, Loaded]]) -> list[list[float]]:
-        """A batch of (input, model) pairs -> each input's class probabilities as a plain list; inputs that
-        started under different models (a reload in between) go through their own model."""
+    def _infer(self, jobs: list[Job]) -> list[list[float]]:
+        """A batch of jobs -> each one's class probabilities as a plain list; inputs that started under different
+        models (a reload in between) go through their own model. The predictions to remember are stored before
+        any is answered, so a prediction id is known to every worker once its answer is out."""
         results: list[list[float]] = []
         with torch.inference_mode():
-            for loaded, group in itertools.groupby(items, key=lambda item: item[1]):
-                x = torch.stack([x for x, _ in group])
-                logits = loaded.model(x).float() / loaded.meta.get("temperature", 1.0)
-                results += torch.softmax(logits, dim=1).tolist()
+            for loaded, group in itertools.groupby(jobs, key=lambda job: job.loaded):
+                logits = loaded.model(torch.stack([job.x for job in group])).float()
+                results += torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
+        kept = [(job.prediction_id, Remembered(job.image, job.loaded.classes[max(range(len(probs)),
+                                                                                     key=probs.__getitem__)],
+                                               job.loaded.version, job.inverted))
+                for job, probs in zip(jobs, results, strict=True) if job.prediction_id]
+        if kept:
+            self.recent.add(kept)
         return results
 
     async def prepare(self, data: bytes, loaded: Loaded) -> tuple[torch.Tensor, bool]:
@@ -292,27 +310,31 @@ class Service:
         """Whether --invert applies to this uint8 (C, H, W) image."""
         return self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
 
-    async def classify(self, data: bytes, loaded: Loaded, started: float) -> tuple[list[float], bool]:
+    async def classify(self, data: bytes, loaded: Loaded, started: float,
+                       prediction_id: str | None = None) -> tuple[list[float], bool]:
         """One image's class probabilities under `loaded`, through the batcher, and whether it was inverted;
-        `started` (time.monotonic()) is when the request arrived: the deadline counts from there."""
-        x, inverted = await self.prepare(data, loaded)
-        self.queue_depth.set(self.batcher.depth())
-        left = self.config.deadline_ms / 1000 - (time.monotonic() - started)
+        `started` (time.monotonic()) is when the request arrived: the deadline counts from there. With a
+        `prediction_id` the image and answer are remembered under it."""
+        late = ApiError(504, f"no answer within {self.config.deadline_ms:g} ms; retry later.")
         try:
-            return await asyncio.wait_for(self.batcher.submit((x, loaded)), max(left, 0.001)), inverted
+            with self.batcher.expecting():
+                x, inverted = await self.prepare(data, loaded)
+                left = self.config.deadline_ms / 1000 - (time.monotonic() - started)
+                if left <= 0:
+                    raise late
+                answer = self.batcher.submit(Job(x, loaded, data, inverted, prediction_id))
+            return await asyncio.wait_for(answer, left), inverted
         except Overloaded:
             raise ApiError(503, "the server is busy; retry in a second.") from None
         except TimeoutError:
-            raise ApiError(504, f"no answer within {self.config.deadline_ms:.0f} ms; retry later.") from None
+            raise late from None
 
     async def predict(self, data: bytes, started: float) -> dict:
         """One image's answer; `started` (time.monotonic()) is when the request arrived."""
-        loaded = self.current
-        probs, inverted = await self.classify(data, loaded, started)
+        loaded, prediction_id = self.current, uuid.uuid4().hex
+        probs, _ = await self.classify(data, loaded, started, prediction_id)
         best = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:self.config.top_k]
         top = [{"label": loaded.classes[i], "probability": probs[i]} for i in best]
-        prediction_id = uuid.uuid4().hex
-        self._remember(prediction_id, Remembered(data, top[0]["label"], loaded.version, inverted))
         return {"prediction_id": prediction_id, "label": top[0]["label"], "top": top,
                 "model": {"name": loaded.name, "version": loaded.version},
                 "timing_ms": round((time.monotonic() - started) * 1000, 3)}
@@ -345,13 +367,6 @@ class Service:
         except ImgclfError as err:  # Captum missing
             raise ApiError(503, str(err)) from None
 
-    def _remember(self, prediction_id: str, entry: Remembered) -> None:
-        """Keep the last `remember` predictions, within `remember_mb` of image bytes."""
-        self.recent[prediction_id] = entry
-        self.recent_bytes += len(entry.image)
-        while len(self.recent) > self.config.remember or self.recent_bytes > self.config.remember_mb * 2**20:
-            self.recent_bytes -= len(self.recent.popitem(last=False)[1].image)
-
     async def feedback(self, body: dict) -> tuple[dict, int]:
         """Store one correction (in a worker thread, committed before returning); returns it and the status."""
         if self.store is None:
@@ -364,7 +379,7 @@ class Service:
         if not isinstance(label, str) or label not in loaded.classes:
             raise ApiError(422, f"label {label!r} is not one of the model's classes ({', '.join(loaded.classes)}).")
         if prediction_id is not None:
-            entry = self.recent.get(prediction_id)
+            entry = await asyncio.to_thread(self.recent.get, prediction_id)
             if entry is None:
                 raise ApiError(422, f"unknown prediction_id {prediction_id!r} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
@@ -413,8 +428,11 @@ def _base64(text: object) -> bytes:
 
 
 async def _images(request: Request, many: bool) -> list[bytes]:
-    """The image bytes of a request: multipart fields (file, or files for a batch) or JSON base64."""
+    """The image bytes of a request: the body itself (Content-Type image/...; one image), multipart fields (file, or
+    files for a batch) or JSON base64."""
     kind = request.headers.get("content-type", "")
+    if kind.startswith("image/") and not many:
+        return [await request.body()]
     if kind.startswith("multipart/form-data"):
         async with request.form() as form:
             uploads = form.getlist("files" if many else "file") or form.getlist("file" if many else "files")
@@ -427,7 +445,9 @@ async def _images(request: Request, many: bool) -> list[bytes]:
         if not isinstance(values, list) or not values or any(v is None for v in values):
             raise ApiError(422, 'send {"images": [base64, ...]}.' if many else 'send {"image": base64}.')
         return [_base64(v) for v in values]
-    raise ApiError(415, "send multipart/form-data (an image file) or application/json (base64).")
+    raise ApiError(415, "send multipart/form-data (image files) or application/json (base64)." if many else
+                   "send the image as the body (Content-Type: image/png, image/jpeg, ...), as multipart/form-data "
+                   "or as application/json (base64).")
 
 
 async def _json(request: Request) -> dict:
@@ -441,6 +461,7 @@ async def _json(request: Request) -> dict:
 
 
 _IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
                                                                                    "format": "binary"}}}},
     "application/json": {"schema": {"type": "object", "properties": {"image": {"type": "string"}}}}}}}
@@ -453,6 +474,16 @@ _FEEDBACK_BODY = {"requestBody": {"required": True, "content": {"application/jso
     "type": "object", "required": ["label"], "properties": {
         "label": {"type": "string"}, "prediction_id": {"type": "string"}, "image": {"type": "string"},
         "idempotency_key": {"type": "string"}}}}}}}
+
+
+WORKER_SETTINGS = "IMGCLF_SERVE_WORKER"  # how `imgclf serve --workers N` hands the model and settings to each worker
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `imgclf serve --workers N` (uvicorn's app factory)."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    torch.set_num_threads(settings["threads"])
+    return create_app(settings["model"], ServeConfig(**settings["config"]))
 
 
 def create_app(model_path: str | Path, config: ServeConfig | None = None) -> FastAPI:
@@ -470,6 +501,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         await service.batcher.stop()  # what was accepted is answered before the process exits
         if service.store:
             service.store.close()
+        if service.scratch:
+            shutil.rmtree(service.scratch, ignore_errors=True)
 
     app = FastAPI(title="imgclf", version="1", lifespan=lifespan,
                   description=f"Image classification with {service.current.name}.")

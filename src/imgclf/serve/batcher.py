@@ -1,6 +1,8 @@
-"""Dynamic micro-batching: concurrent requests wait up to max_wait_ms to share one forward pass.
+"""Dynamic micro-batching: requests that arrive while a forward pass runs share the next one.
 
-The queue is bounded, so overload is refused at once (the caller answers 503) instead of piling up;
+A batch takes every input already waiting; it waits (up to max_wait_ms) for more only while other requests are
+known to be on their way (admitted and being decoded), so a lone client never waits for company. The queue is
+bounded, so overload is refused at once (the caller answers 503) instead of piling up;
 the forward pass runs in one worker thread, off the event loop."""
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-infer")
         self.task: asyncio.Task | None = None
+        self.coming = 0  # requests admitted but not submitted yet (see expecting)
+        self.arrived = asyncio.Event()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -45,26 +49,41 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, x: object):
-        """The result for one input; raises Overloaded when the queue is full."""
+    @contextlib.contextmanager
+    def expecting(self):
+        """Around the work up to a submit (decoding an image, then submit): a batch being formed may wait for
+        this input."""
+        self.coming += 1
+        try:
+            yield
+        finally:
+            self.coming -= 1
+            self.arrived.set()
+
+    def submit(self, x: object) -> asyncio.Future:
+        """The future result for one input, queued now; raises Overloaded when the queue is full."""
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait((x, future))
         except asyncio.QueueFull:
             raise Overloaded from None
-        return await future
+        return future
+
+    def _take(self, items: list) -> None:
+        while len(items) < self.max_batch and not self.queue.empty():
+            items.append(self.queue.get_nowait())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
+            self._take(items)
             deadline = loop.time() + self.max_wait
-            while len(items) < self.max_batch:
-                try:  # take what is already waiting, then wait for more until the deadline
-                    items.append(self.queue.get_nowait() if not self.queue.empty() else
-                                 await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
-                except TimeoutError:
-                    break
+            while len(items) < self.max_batch and self.coming and loop.time() < deadline:
+                self.arrived.clear()  # set when a request on its way is submitted (or fails)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), deadline - loop.time())
+                self._take(items)
             live = [(x, f) for x, f in items if not f.done()]  # a request that timed out is not computed
             try:
                 if live:
