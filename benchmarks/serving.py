@@ -1,12 +1,13 @@
-"""Requests/s and latency of `imgclf serve` with micro-batching on and off, at 1, 16 and 64 concurrent clients.
+"""Requests/s and latency of `imgclf serve`, one change at a time, at 1, 16 and 64 concurrent clients.
 
-    python benchmarks/serving.py RUN [--seconds 10] [--data-dir DIR]
+    python benchmarks/serving.py RUN [--seconds 10] [--data-dir DIR] [--workers 2]
 
-Starts `imgclf serve RUN` twice on a loopback port (--max-batch 64 --max-wait-ms 2, then --max-batch 1
---max-wait-ms 0: the same server, batching off), and drives each with wrk (one thread, apt-get install
-wrk) posting 100 different 28x28 MNIST test digits as multipart PNG uploads in turn, for --seconds per
-concurrency level. wrk shares the machine's cores with the server. Prints a markdown table and the
-batching-on/off throughput ratio.
+Starts `imgclf serve RUN` on a loopback port once per configuration: batching off (--max-batch 1), batching on
+(the defaults), then the image sent as the request body (Content-Type: image/png) instead of a multipart
+upload, then --workers processes. Each is driven with wrk (one thread, apt-get install wrk) posting 100
+different 28x28 MNIST test digits as PNGs in turn, for --seconds per concurrency level; wrk shares the
+machine's cores with the server. Prints a markdown table and each configuration's throughput against
+batching off.
 """
 
 from __future__ import annotations
@@ -38,27 +39,27 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="of the last configuration")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("this benchmark drives the server with wrk: apt-get install wrk")
     images = load_dataset("mnist", args.data_dir).splits["test"].images[:100, 0].numpy()
     pngs = [_png(a) for a in images]
+    configurations = [("batching off", ["--max-batch", "1"], "multipart"), ("batching on", [], "multipart"),
+                      ("+ image body", [], "raw"),
+                      (f"+ {args.workers} workers", ["--workers", str(args.workers)], "raw")]
     rows = {}
-    for mode, flags in (("on", ["--max-batch", "64", "--max-wait-ms", "2"]),
-                        ("off", ["--max-batch", "1", "--max-wait-ms", "0"])):
+    for name, flags, body in configurations:
         with _server(args.run, flags) as url:
             for clients in LEVELS:
-                rows[mode, clients] = _load(url, pngs, clients, args.seconds)
-    print("| clients | batching | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
+                rows[name, clients] = _load(url, pngs, body, clients, args.seconds)
+    print("| clients | configuration | requests/s | x batching off | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
     for clients in LEVELS:
-        for mode in ("on", "off"):
-            r = rows[mode, clients]
-            print(f"| {clients} | {mode} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
-    for clients in LEVELS:
-        print(f"\n{clients} clients: batching on / off throughput = "
-              f"{rows['on', clients]['rps'] / rows['off', clients]['rps']:.2f}x", end="")
-    print()
+        for name, _, _ in configurations:
+            r, off = rows[name, clients], rows["batching off", clients]
+            print(f"| {clients} | {name} | {r['rps']:,.0f} | {r['rps'] / off['rps']:.2f} | {r['p50']:.1f} | "
+                  f"{r['p99']:.1f} | {r['errors']} |")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -101,7 +102,7 @@ for n = 0, 99 do
   f:close()
 end
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=imgclfbench"
+wrk.headers["Content-Type"] = os.getenv("KIND")
 request = function()
   i = (i + 1) % 100
   return wrk.format(nil, "/v1/predict", nil, bodies[i])
@@ -109,16 +110,18 @@ end
 """
 
 
-def _load(url: str, pngs: list[bytes], clients: int, seconds: float) -> dict:
-    """wrk with `clients` connections for `seconds`: requests/s, p50/p99 latency, non-2xx answers."""
+def _load(url: str, pngs: list[bytes], body: str, clients: int, seconds: float) -> dict:
+    """wrk with `clients` connections for `seconds`, the PNGs sent as `body` (multipart or raw): requests/s,
+    p50/p99 latency, non-2xx answers."""
     folder = Path(tempfile.mkdtemp())
     for n, data in enumerate(pngs[:100]):
-        (folder / f"{n}.body").write_bytes(
+        (folder / f"{n}.body").write_bytes(data if body == "raw" else (
             b"--imgclfbench\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
-            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--imgclfbench--\r\n")
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--imgclfbench--\r\n"))
     (folder / "bench.lua").write_text(LUA)
+    kind = "image/png" if body == "raw" else "multipart/form-data; boundary=imgclfbench"
     out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "--latency", "-s",
-                          str(folder / "bench.lua"), url], env={**os.environ, "BODIES": str(folder)},
+                          str(folder / "bench.lua"), url], env={**os.environ, "BODIES": str(folder), "KIND": kind},
                          capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
