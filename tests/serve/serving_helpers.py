@@ -23,12 +23,16 @@ from imgclf.rundir import save_model
 from imgclf.serve.app import ServeConfig, create_app
 
 
-@contextmanager
 def serving(run, **settings):
     """A real server for `run` in a thread; yields its base URL and stops it (gracefully) afterwards."""
+    return serving_app(create_app(run, ServeConfig(**settings)))
+
+
+@contextmanager
+def serving_app(app):
+    """A real server for an ASGI app in a thread; yields its base URL and stops it (gracefully) afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run, ServeConfig(**settings)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

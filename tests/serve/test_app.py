@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,13 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from serving_helpers import encode, serving, start_server, tiny_run, wait_ready
+from serving_helpers import encode, serving, serving_app, start_server, tiny_run, wait_ready
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
 from imgclf.predict import predict_files
 from imgclf.rundir import sha256, update_meta
-from imgclf.serve.app import Service
+from imgclf.serve.app import ServeConfig, Service, create_app
 from imgclf.serve.feedback import FeedbackStore, stats
 
 
@@ -177,6 +178,65 @@ def test_feedback_is_committed_before_the_answer_and_idempotent(server, digits):
         assert "imgclf_feedback_total 2.0" in client.get("/metrics").text
     with sqlite3.connect(db) as check:
         assert check.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 2
+
+
+def test_feedback_cannot_be_forged_replayed_or_grow_without_bound(tmp_path):
+    db = tmp_path / "feedback.db"
+    png = encode(np.full((28, 28), 200, dtype=np.uint8))
+    image = base64.b64encode(png).decode()
+    token = {"authorization": "Bearer t0ken"}
+    with (serving(tiny_run(tmp_path / "run", ["a", "b"], 1, 28), feedback_db=str(db), feedback_token="t0ken",
+                  feedback_max_rows=2) as url, httpx.Client(base_url=url) as client):
+        assert client.get("/v1/model").json()["feedback"] == "token"
+        pid = client.post("/v1/predict", files={"file": png}).json()["prediction_id"]
+        body = {"prediction_id": pid, "label": "a"}
+        for headers in ({}, {"authorization": "Bearer nope"}):
+            refused = client.post("/v1/feedback", json=body, headers=headers)
+            assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["error"]
+        # what any web page can post cross-site without a preflight: text/plain and forms
+        for forged in ({"content": json.dumps(body), "headers": {**token, "content-type": "text/plain"}},
+                       {"data": body, "headers": token}, {"files": {"label": b"a"}, "headers": token}):
+            response = client.post("/v1/feedback", **forged)
+            assert response.status_code == 415 and "application/json" in response.json()["error"], response.text
+        stored = client.post("/v1/feedback", json=body, headers=token)
+        assert stored.status_code == 201
+        other = client.post("/v1/feedback", json={**body, "label": "b", "idempotency_key": "new"}, headers=token)
+        assert other.status_code == 409 and "already corrected to 'a'" in other.json()["error"]
+        same = client.post("/v1/feedback", json={**body, "idempotency_key": "new"}, headers=token)
+        assert same.status_code == 200 and same.json()["feedback_id"] == stored.json()["feedback_id"]
+        assert client.post("/v1/feedback", json={"image": image, "label": "b"}, headers=token).status_code == 201
+        full = client.post("/v1/feedback", json={"image": image, "label": "b"}, headers=token)
+        assert full.status_code == 507 and "the feedback store is full" in full.json()["error"]
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT prediction_id, label FROM feedback ORDER BY id").fetchall() == [(pid, "a"),
+                                                                                                     (None, "b")]
+
+
+def test_feedback_rate_per_client_and_one_error_shape(tmp_path):
+    app = create_app(tiny_run(tmp_path / "run", ["a", "b"], 1, 28),
+                     ServeConfig(feedback_db=str(tmp_path / "feedback.db"), feedback_per_minute=0.01))
+
+    @app.get("/typed")
+    async def typed(n: int) -> dict:  # a route with a typed parameter, as FastAPI validates it
+        return {"n": n}
+
+    image = base64.b64encode(encode(np.full((28, 28), 9, dtype=np.uint8))).decode()
+    with serving_app(app) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/v1/model").json()["feedback"] == "open"
+        huge = client.post("/v1/feedback", json={"image": image, "label": "x" * 3_000_000})
+        assert huge.status_code == 422 and len(huge.json()["error"]) < 200 and "xxx...xxx" in huge.json()["error"]
+        limited = client.post("/v1/feedback", json={"image": image, "label": "a"})  # the second post in a minute
+        assert limited.status_code == 429 and "at most 0.01 a minute" in limited.json()["error"]
+        assert int(limited.headers["retry-after"]) > 60
+        with httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as elsewhere:
+            assert elsewhere.post("/v1/feedback", json={"image": image, "label": "a"}).status_code == 201
+        for response, status, message in [
+                (client.get("/nowhere/" + "y" * 1000), 404, "there is nothing at '/nowhere/yyy"),
+                (client.get("/v1/predict"), 405, "'GET' is not allowed on '/v1/predict'; use POST."),
+                (client.get("/typed", params={"n": "seven"}), 422, "'query.n': Input should be a valid integer"),
+                (client.post("/v1/explain", params={"method": "m" * 10_000}, files={"file": b"x"}), 422, "mmm...mmm")]:
+            assert response.status_code == status and message in response.json()["error"], response.text
+            assert list(response.json()) == ["error"] and len(response.text) < 300
 
 
 def test_feedback_stats_and_export_to_a_training_folder(tmp_path, capsys):
@@ -373,13 +433,14 @@ def test_a_reload_that_fails_without_a_message_is_still_a_422(tmp_path, monkeypa
     monkeypatch.setattr(Service, "load", staticmethod(failing))
     with serving(first, admin_token="s3cret", models_dir=str(models)) as url:
         answer = httpx.post(f"{url}/admin/reload", json={"run": "second"}, headers={"authorization": "Bearer s3cret"})
-    assert answer.status_code == 422 and "cannot load second (RuntimeError)" in answer.json()["error"]
+    assert answer.status_code == 422 and "cannot load 'second' (RuntimeError)" in answer.json()["error"]
 
 
 def test_kill_9_during_feedback_loses_no_acknowledged_row(mnist_run, digits, tmp_path):
     db = tmp_path / "feedback.db"
     image = base64.b64encode(digits[1][0].read_bytes()).decode()
-    process, url = start_server(mnist_run, "--feedback-db", str(db), stdout=subprocess.DEVNULL)
+    process, url = start_server(mnist_run, "--feedback-db", str(db), "--feedback-per-minute", "100000",
+                                stdout=subprocess.DEVNULL)
     acknowledged = []
     try:
         wait_ready(url)

@@ -12,7 +12,7 @@ import pytest
 from serving_helpers import encode
 
 from imgclf.errors import ImgclfError
-from imgclf.serve.feedback import MIGRATIONS, FeedbackStore, StoreError, export, stats
+from imgclf.serve.feedback import MIGRATIONS, FeedbackStore, Stored, StoreError, StoreFull, export, stats
 
 PNG = encode(np.full((28, 28), 200, dtype=np.uint8))
 
@@ -28,7 +28,7 @@ def test_rows_idempotency_stats_and_export_on_either_database(database, tmp_path
     try:
         first, stored = store.add("3", PNG, predicted="8", model_version="v1", idempotency_key="a")
         assert stored.new and stored.label == "3"
-        assert store.add("3", PNG, predicted="8", idempotency_key="a") == (first, stored._replace(new=False))
+        assert store.add("3", PNG, predicted="8", idempotency_key="a") == (first, Stored(False, "3", "idempotency_key"))
         assert store.add("5", PNG, idempotency_key="a")[1].label == "3"  # the app answers 409 on this
         for i in range(8):
             store.add(str(i % 2), PNG, predicted="1", inverted=i == 0)  # no key: every one is a new row
@@ -41,6 +41,28 @@ def test_rows_idempotency_stats_and_export_on_either_database(database, tmp_path
     assert sorted(p.parent.name for p in (tmp_path / "out").rglob("*.png")).count("0") == 4
     FeedbackStore(database).close()  # opening again migrates nothing and keeps every row
     assert stats(database)["feedback"] == 9
+
+
+def test_one_correction_per_prediction_and_a_cap_on_the_rows_and_bytes(database):
+    store = FeedbackStore(database, max_rows=3, max_bytes=10 * len(PNG))
+    try:
+        first, _ = store.add("3", PNG, prediction_id="p")
+        assert store.add("5", PNG, prediction_id="p", idempotency_key="other") == (first, Stored(False, "3",
+                                                                                                  "prediction_id"))
+        store.add("1", PNG, idempotency_key="k")
+        store.add("2", PNG)
+        with pytest.raises(StoreFull, match="holds 3 corrections"):
+            store.add("2", PNG)
+        assert store.add("1", PNG, idempotency_key="k")[1] == Stored(False, "1", "idempotency_key")  # a replay: fine
+    finally:
+        store.close()
+    assert stats(database)["feedback"] == 3  # the refused row was rolled back
+    reopened = FeedbackStore(database, max_bytes=3 * len(PNG) + 10)  # counts what is there when it opens
+    try:
+        with pytest.raises(StoreFull, match="MiB of images"):
+            reopened.add("4", PNG)
+    finally:
+        reopened.close()
 
 
 def test_concurrent_writers_lose_nothing_and_share_idempotency_keys(database):
@@ -64,16 +86,24 @@ def test_a_database_from_before_schema_versions_is_migrated_in_place(tmp_path):
                 predicted TEXT, prediction_id TEXT, model_version TEXT, image_sha256 TEXT NOT NULL,
                 image BLOB NOT NULL, inverted INTEGER NOT NULL DEFAULT 0, idempotency_key TEXT UNIQUE);
             INSERT INTO feedback (created, label, image_sha256, image, idempotency_key)
-                VALUES (1.0, '7', 'x', X'00', 'old');""")
+                VALUES (1.0, '7', 'x', X'00', 'old');
+            INSERT INTO feedback (created, label, prediction_id, image_sha256, image) VALUES
+                (2.0, '3', 'p', 'x', X'00'), (3.0, '5', 'p', 'x', X'00'), (4.0, '3', 'p', 'x', X'00'),
+                (5.0, '1', 'q', 'x', X'00');""")  # p corrected three times, as servers before 2 stored it
     store = FeedbackStore(old)
     try:
         assert store.add("7", PNG, idempotency_key="old")[1].new is False  # the old row and its key are kept
         assert store.add("2", PNG)[1].new
+        assert store.add("9", PNG, prediction_id="p")[1] == Stored(False, "3", "prediction_id")
     finally:
         store.close()
     with sqlite3.connect(old) as db:
-        assert db.execute("SELECT version FROM imgclf_schema").fetchall() == [(len(MIGRATIONS),)]
-        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (2,)
+        versions = db.execute("SELECT version FROM imgclf_schema").fetchall()
+        assert versions == [(n,) for n in range(1, len(MIGRATIONS) + 1)]  # each step recorded
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (4,)
+        assert db.execute("SELECT label FROM feedback WHERE prediction_id = 'p'").fetchall() == [("3",)]  # the first
+        assert db.execute("SELECT created, label FROM feedback_repeats ORDER BY id").fetchall() == [(3.0, "5"),
+                                                                                                    (4.0, "3")]
 
 
 def test_a_newer_schema_is_refused(database):

@@ -112,3 +112,12 @@ def test_upload_drop_paste_and_correct_a_photo_in_a_browser(tmp_path):
     with sqlite3.connect(db) as check:
         rows = check.execute("SELECT label, predicted, image FROM feedback").fetchall()
     assert rows == [(label, predicted, pasted)]  # the pasted image, as the page sent it
+
+
+def test_correction_buttons_stay_hidden_when_feedback_needs_a_token(tmp_path):
+    with (serving(tiny_run(tmp_path / "run", ["cat", "dog"], 3, 32), feedback_db=str(tmp_path / "feedback.db"),
+                  feedback_token="t0ken") as url, _page(url) as page):
+        expect(page.locator("#model")).to_contain_text("Corrections need a token on this server")
+        page.set_input_files("#file", files=[{"name": "p.png", "mimeType": "image/png", "buffer": _photo(20, 20, 3)}])
+        expect(page.locator("#status")).to_contain_text("predicted", timeout=15_000)
+        expect(page.locator("#correct")).to_be_hidden()

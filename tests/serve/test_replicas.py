@@ -13,7 +13,8 @@ from imgclf.serve.feedback import stats
 
 
 def test_two_replicas_write_one_postgresql_store_concurrently(mnist_run, mnist, postgres_url, tmp_path):
-    replicas = [start_server(mnist_run, "--feedback-db", postgres_url, stdout=subprocess.DEVNULL) for _ in range(2)]
+    replicas = [start_server(mnist_run, "--feedback-db", postgres_url, "--feedback-per-minute", "100000",
+                             stdout=subprocess.DEVNULL) for _ in range(2)]
     images = [base64.b64encode(encode(mnist.splits["test"].images[i, 0].numpy())).decode() for i in range(20)]
     try:
         for _, url in replicas:

@@ -42,6 +42,13 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     serve.add_argument("--workers", type=positive, default=1,
                        help="server processes sharing the port, the feedback store and the prediction ids "
                             "(default 1; one per core is fastest, see the README)")
+    serve.add_argument("--feedback-per-minute", type=float, default=60.0,
+                       help="feedback posts per client address a minute (default 60; 429 beyond). With "
+                            "$IMGCLF_FEEDBACK_TOKEN set, feedback needs Authorization: Bearer <that token>")
+    serve.add_argument("--feedback-max-rows", type=positive, default=100_000,
+                       help="corrections the feedback store may hold (default 100,000; 507 beyond)")
+    serve.add_argument("--feedback-max-mb", type=float, default=1024.0,
+                       help="MiB of images the feedback store may hold (default 1024)")
     serve.set_defaults(run=_serve)
 
 
@@ -63,7 +70,10 @@ def _serve(args: argparse.Namespace) -> None:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
                          invert=args.invert, feedback_db=args.feedback_db, admin_token=token,
-                         models_dir=str(args.models_dir or args.run_dir.resolve().parent))
+                         models_dir=str(args.models_dir or args.run_dir.resolve().parent),
+                         feedback_token=os.environ.get("IMGCLF_FEEDBACK_TOKEN") or None,
+                         feedback_per_minute=args.feedback_per_minute, feedback_max_rows=args.feedback_max_rows,
+                         feedback_max_mb=args.feedback_max_mb)
     settings = {"host": args.host, "port": args.port, "log_level": "debug" if args.verbose else "warning",
                 "timeout_graceful_shutdown": 30}
     if args.workers == 1:

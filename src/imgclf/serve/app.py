@@ -14,7 +14,9 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
+import reprlib
 import shutil
 import tempfile
 import time
@@ -25,17 +27,19 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.exceptions import HTTPException
 
 from imgclf.data.transforms import Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
 from imgclf.serve.batcher import Batcher, Overloaded
-from imgclf.serve.feedback import FeedbackStore, StoreError
+from imgclf.serve.feedback import FeedbackStore, StoreError, StoreFull
 from imgclf.serve.recent import Recent, Remembered
 
 log = logging.getLogger(__name__)
@@ -63,11 +67,17 @@ class ServeConfig:
     admin_token: str | None = None  # enables POST /admin/reload (off when None)
     models_dir: str = "runs"  # the only folder reload takes runs from
     recent_db: str | None = None  # where the remembered predictions live (shared by workers); None: a temp file
+    feedback_token: str | None = None  # when set, POST /v1/feedback needs it (Authorization: Bearer)
+    feedback_per_minute: float = 60.0  # feedback posts per client address, in bursts of as many (429 beyond)
+    feedback_max_rows: int = 100_000  # corrections the feedback store may hold (507 beyond)
+    feedback_max_mb: float = 1024.0  # and MiB of their images
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
                    "max_pixels": self.max_pixels, "max_images": self.max_images, "deadline_ms": self.deadline_ms,
-                   "top_k": self.top_k, "remember": self.remember, "remember_mb": self.remember_mb}
+                   "top_k": self.top_k, "remember": self.remember, "remember_mb": self.remember_mb,
+                   "feedback_per_minute": self.feedback_per_minute, "feedback_max_rows": self.feedback_max_rows,
+                   "feedback_max_mb": self.feedback_max_mb}
         bad = [name for name, value in numbers.items() if not value > 0] + (
             ["max_wait_ms"] if not self.max_wait_ms >= 0 else [])  # written so that NaN fails too
         if bad:
@@ -77,9 +87,40 @@ class ServeConfig:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+        self.retry_after = retry_after or (1 if status == 503 else None)  # seconds, for a Retry-After header
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 100, 100
+
+
+def clip(value: object, limit: int = 100) -> str:
+    """repr(value) in at most `limit` characters, cut with "...": what an error message may echo of user input."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _Buckets:
+    """A token bucket per client address: `per_minute` requests a minute, in bursts of up to as many. The
+    `clients` seen most recently are remembered; one forgotten starts again with a full bucket."""
+
+    def __init__(self, per_minute: float, clients: int = 10_000) -> None:
+        self.per_minute, self.burst, self.clients = per_minute, max(1.0, per_minute), clients
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when), least recent first
+
+    def take(self, client: str) -> float:
+        """Take a token for `client`: 0 if there was one, else the seconds until there will be."""
+        now = time.monotonic()
+        tokens, then = self.buckets.pop(client, (self.burst, now))  # popped and put back: now the most recent
+        tokens = min(self.burst, tokens + (now - then) * self.per_minute / 60)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) * 60 / self.per_minute
+        self.buckets[client] = (tokens if wait else tokens - 1, now)
+        if len(self.buckets) > self.clients:
+            del self.buckets[next(iter(self.buckets))]
+        return wait
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -238,7 +279,9 @@ class Service:
         self.feedback_count = Counter("imgclf_feedback", "feedback rows stored", registry=registry)
         self.batcher = Batcher(self._infer, config.max_batch, config.max_wait_ms, config.max_queue,
                                on_batch=self.batch_sizes.observe)
-        self.store = FeedbackStore(config.feedback_db) if config.feedback_db else None
+        self.store = FeedbackStore(config.feedback_db, max_rows=config.feedback_max_rows,
+                                   max_bytes=int(config.feedback_max_mb * 2**20)) if config.feedback_db else None
+        self.feedback_buckets = _Buckets(config.feedback_per_minute)
 
     @staticmethod
     def load(path: str | Path) -> Loaded:
@@ -266,16 +309,24 @@ class Service:
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(None, self.load, target)
             except Exception as err:  # a damaged or foreign file: say why, keep the current model
-                raise ApiError(422, f"cannot load {name} ({first_line(err)}); still serving "
+                raise ApiError(422, f"cannot load {clip(name)} ({first_line(err)}); still serving "
                                     f"{self.current.name} {self.current.version}.") from None
             self.current = loaded
         log.info("reloaded: now serving %s (version %s)", loaded.name, loaded.version)
         return {"name": loaded.name, "version": loaded.version, "run": str(target)}
 
-    def authorized(self, authorization: str | None) -> None:
-        expected = f"Bearer {self.config.admin_token}".encode()
-        if not authorization or not hmac.compare_digest(authorization.encode(), expected):
-            raise ApiError(401, "reload needs the header Authorization: Bearer <the server's admin token>.")
+    @staticmethod
+    def authorized(authorization: str | None, token: str, action: str, kind: str) -> None:
+        """401 unless `authorization` is "Bearer <token>"; `action` and `kind` name what needs which token."""
+        if not authorization or not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, f"{action} needs the header Authorization: Bearer <the server's {kind} token>.")
+
+    def admit_feedback(self, client: str) -> None:
+        """429 once `client` has sent more feedback than its share (--feedback-per-minute)."""
+        wait = self.feedback_buckets.take(client)
+        if wait:
+            raise ApiError(429, f"too much feedback from your address: at most {self.config.feedback_per_minute:g} "
+                                "a minute; retry later.", retry_after=math.ceil(wait))
 
     def _infer(self, jobs: list[Job]) -> list[list[float]]:
         """A batch of jobs -> each one's class probabilities as a plain list; inputs that started under different
@@ -350,9 +401,9 @@ class Service:
         if not isinstance(loaded.model, torch.nn.Module):
             raise ApiError(422, "explanations need the PyTorch model: serve the run directory, not an export.")
         if method not in METHODS:
-            raise ApiError(422, f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+            raise ApiError(422, f"unknown method {clip(method)}; choose from {', '.join(METHODS)}.")
         if target is not None and target not in loaded.classes:
-            raise ApiError(422, f"target {target!r} is not one of the model's classes.")
+            raise ApiError(422, f"target {clip(target)} is not one of the model's classes.")
         image = open_image(data, self.config.max_pixels)
 
         def work() -> tuple[bytes, str]:
@@ -378,11 +429,11 @@ class Service:
                 raise ApiError(422, f"{field} must be a string of at most 200 characters.")
         loaded = self.current
         if not isinstance(label, str) or label not in loaded.classes:
-            raise ApiError(422, f"label {label!r} is not one of the model's classes ({', '.join(loaded.classes)}).")
+            raise ApiError(422, f"label {clip(label)} is not one of the model's classes ({', '.join(loaded.classes)}).")
         if prediction_id is not None:
             entry = await asyncio.to_thread(self.recent.get, prediction_id)
             if entry is None:
-                raise ApiError(422, f"unknown prediction_id {prediction_id!r} (this server keeps the last "
+                raise ApiError(422, f"unknown prediction_id {clip(prediction_id)} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
         elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
             image = _base64(body["image"])
@@ -395,12 +446,18 @@ class Service:
             row, stored = await asyncio.to_thread(
                 self.store.add, label, entry.image, predicted=entry.predicted, prediction_id=prediction_id,
                 model_version=entry.version, inverted=entry.inverted, idempotency_key=key)
+        except StoreFull as err:
+            raise ApiError(507, f"{err} The operator must export it (imgclf feedback export) and start a new one, or "
+                                "raise --feedback-max-rows / --feedback-max-mb.") from None
         except StoreError as err:
             log.error("%s", err)
             raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
+        if stored.label != label and stored.clash == "idempotency_key":
+            raise ApiError(409, f"idempotency_key {clip(key)} was already used for the label {stored.label!r}; use "
+                                "a new key for a new correction.")
         if stored.label != label:
-            raise ApiError(409, f"idempotency_key {key!r} was already used for the label {stored.label!r}; use a "
-                                "new key for a new correction.")
+            raise ApiError(409, f"prediction {clip(prediction_id)} was already corrected to {stored.label!r}; each "
+                                "prediction takes one correction.")
         if stored.new:
             self.feedback_count.inc()
         return ({"feedback_id": row, "label": label, "predicted": entry.predicted, "stored": stored.new},
@@ -516,8 +573,21 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if err.status == 503 else None
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
         return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+
+    @app.exception_handler(HTTPException)  # the framework's own: an unknown path, a wrong method
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        path, allowed = clip(request.url.path), (err.headers or {}).get("Allow")
+        message = (f"there is nothing at {path}; check the URL (the API is under /v1/)." if err.status_code == 404
+                   else f"{clip(request.method)} is not allowed on {path}; use {allowed}." if allowed
+                   else str(err.detail))
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{clip('.'.join(map(str, e['loc'])))}: {e['msg']}" for e in err.errors()[:3])
+        return JSONResponse({"error": f"the request is not valid: {problems}."}, status_code=422)
 
     @app.post("/v1/predict", openapi_extra=_IMAGE_BODY, summary="classify one image")
     async def predict(request: Request) -> JSONResponse:
@@ -536,13 +606,20 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     @app.post("/v1/feedback", openapi_extra=_FEEDBACK_BODY, status_code=201, summary="correct a prediction")
     async def feedback(request: Request) -> Response:
+        service.admit_feedback(request.client.host if request.client else "unknown")
+        if config.feedback_token:  # before reading the body
+            service.authorized(request.headers.get("authorization"), config.feedback_token, "feedback", "feedback")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "feedback must be sent as Content-Type: application/json (forms and text/plain "
+                                "are refused: any web page could send those).")
         result, status = await service.feedback(await _json(request))
         return JSONResponse(result, status_code=status)
 
     if config.admin_token:
         @app.post("/admin/reload", summary="swap in another run of the models folder (needs the admin token)")
         async def reload(request: Request) -> dict:
-            service.authorized(request.headers.get("authorization"))  # before reading anything else
+            # the token is checked before anything else is read
+            service.authorized(request.headers.get("authorization"), config.admin_token, "reload", "admin")
             return await service.reload(await _json(request))
 
     @app.post("/v1/explain", openapi_extra=_IMAGE_BODY, summary="Grad-CAM of one image as a PNG overlay")
@@ -557,7 +634,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         return {"name": loaded.name, "version": loaded.version, "classes": loaded.classes,
                 "input": loaded.preprocess.to_dict(), "temperature": loaded.meta.get("temperature", 1.0),
                 "metrics": loaded.meta.get("metrics", {}), "invert": config.invert,
-                "page": page_of(loaded.preprocess)}
+                "page": page_of(loaded.preprocess),
+                "feedback": "off" if service.store is None else "token" if config.feedback_token else "open"}
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +43,8 @@ try:
 except ImportError as err:  # feedback stats/export and retrain run without the server, but need this
     raise ImgclfError("the feedback store needs SQLAlchemy: pip install 'imgclf[serve]'.") from err
 
+log = logging.getLogger(__name__)
+
 _TABLES = MetaData()
 FEEDBACK = Table(
     "feedback", _TABLES,
@@ -57,18 +61,40 @@ FEEDBACK = Table(
     sqlite_autoincrement=True)
 SCHEMA_VERSION = Table("imgclf_schema", _TABLES, Column("version", Integer, primary_key=True),
                        Column("applied", Float, nullable=False))
+
+
+def _one_correction_per_prediction(db: Connection) -> None:
+    """A unique index on prediction_id (where there is one): one correction per prediction, across replicas and
+    restarts. Later rows an older server stored for an already corrected prediction move to feedback_repeats:
+    kept, but no longer exported or trained on (the earliest correction stands, as the index will have it)."""
+    later = ("prediction_id IS NOT NULL AND id > (SELECT MIN(earlier.id) FROM feedback AS earlier "
+             "WHERE earlier.prediction_id = feedback.prediction_id)")
+    db.execute(text(f"CREATE TABLE feedback_repeats AS SELECT * FROM feedback WHERE {later}"))
+    moved = db.execute(text(f"DELETE FROM feedback WHERE {later}")).rowcount
+    if moved:
+        log.warning("moved %d repeated corrections of the same predictions to the table feedback_repeats", moved)
+    db.execute(text("CREATE UNIQUE INDEX feedback_prediction_id ON feedback (prediction_id) "
+                    "WHERE prediction_id IS NOT NULL"))
+
+
 # MIGRATIONS[i] takes a database from schema version i to i + 1. Version 1 is the first table (SQLite files
 # written before versions were recorded have it already). Append new steps; never change old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [lambda db: FEEDBACK.create(db, checkfirst=True)]
+MIGRATIONS: list[Callable[[Connection], None]] = [lambda db: FEEDBACK.create(db, checkfirst=True),
+                                                  _one_correction_per_prediction]
 
 
 class StoreError(ImgclfError):
     """The feedback database cannot be reached or written right now."""
 
 
+class StoreFull(ImgclfError):
+    """The feedback database holds as many rows or image bytes as this store was allowed."""
+
+
 class Stored(NamedTuple):
-    new: bool  # False: the idempotency key was seen before and nothing was written
-    label: str  # the label stored under the key
+    new: bool  # False: the idempotency key or prediction was seen before and nothing was written
+    label: str  # the label stored under the key or for the prediction
+    clash: str | None = None  # when not new: "idempotency_key" or "prediction_id", what the earlier row shares
 
 
 def engine_for(target: str | Path, *, read_only: bool = False) -> Engine:
@@ -135,11 +161,15 @@ class FeedbackStore:
     """Thread-safe, and safe to share between processes and replicas; every add is committed (and synced)
     before it returns."""
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, *, max_rows: int | None = None, max_bytes: int | None = None) -> None:
+        """`max_rows`, `max_bytes`: a cap on the rows and image bytes the database may hold, checked against a
+        count taken when the store opens plus the rows this store adds (other writers are not seen)."""
         self.engine = engine_for(target)
         self.where = _where(self.engine)
+        self.max_rows, self.max_bytes, self._counting = max_rows, max_bytes, threading.Lock()
         try:
             migrate(self.engine)
+            self.rows, self.bytes = self._size() if max_rows or max_bytes else (0, 0)
         except DBAPIError as err:
             self.engine.dispose()
             raise StoreError(f"cannot open the feedback database {self.where}: {_reason(err)}") from err
@@ -152,22 +182,49 @@ class FeedbackStore:
             model_version: str | None = None, inverted: bool = False,
             idempotency_key: str | None = None) -> tuple[int, Stored]:
         """Store one correction in its own transaction; returns its row id and whether it is new. A repeated
-        idempotency key stores nothing and returns the first row and its label."""
+        idempotency key or prediction_id stores nothing and returns the earlier row and its label; a new row
+        beyond the store's cap raises StoreFull."""
         row = {"created": time.time(), "label": label, "predicted": predicted, "prediction_id": prediction_id,
                "model_version": model_version, "image_sha256": hashlib.sha256(image).hexdigest(), "image": image,
                "inverted": int(inverted), "idempotency_key": idempotency_key}
-        insert = (self._insert(FEEDBACK).values(row).on_conflict_do_nothing(index_elements=["idempotency_key"])
-                  .returning(FEEDBACK.c.id))
+        insert = self._insert(FEEDBACK).values(row).on_conflict_do_nothing().returning(FEEDBACK.c.id)
         try:
             with self.engine.begin() as db:
                 row_id = db.execute(insert).scalar()
-                if row_id is not None:
-                    return row_id, Stored(True, label)
-                first = db.execute(select(FEEDBACK.c.id, FEEDBACK.c.label)
-                                   .where(FEEDBACK.c.idempotency_key == idempotency_key)).one()
-                return first.id, Stored(False, first.label)
+                if row_id is None:  # a unique column clashed: the idempotency key, or the prediction_id
+                    return self._earlier(db, idempotency_key, prediction_id)
+                self._count(len(image))  # raises StoreFull, which rolls the insert back
+                return row_id, Stored(True, label)
         except SQLAlchemyError as err:  # the database is down, locked for too long, or the pool is exhausted
             raise StoreError(f"feedback not stored in {self.where}: {_reason(err)}") from err
+
+    def _earlier(self, db: Connection, idempotency_key: str | None, prediction_id: str | None) -> tuple[int, Stored]:
+        """The row an insert clashed with: the one with its idempotency key, else the one with its prediction_id."""
+        for column, value in ((FEEDBACK.c.idempotency_key, idempotency_key),
+                              (FEEDBACK.c.prediction_id, prediction_id)):
+            earlier = None if value is None else db.execute(
+                select(FEEDBACK.c.id, FEEDBACK.c.label).where(column == value)).first()
+            if earlier is not None:
+                return earlier.id, Stored(False, earlier.label, column.name)
+        raise StoreError(f"feedback not stored in {self.where}: it clashed with a row that is gone")
+
+    def _size(self) -> tuple[int, int]:
+        """The rows and image bytes in the database (one scan, when the store opens)."""
+        with self.engine.connect() as db:
+            rows, size = db.execute(select(func.count(), func.coalesce(func.sum(func.length(FEEDBACK.c.image)), 0))
+                                    .select_from(FEEDBACK)).one()
+        return rows, size
+
+    def _count(self, size: int) -> None:
+        """Count one more row of `size` image bytes, or raise StoreFull if it would go beyond the cap (a commit
+        that then fails leaves the count one row high: the cap errs on the safe side)."""
+        with self._counting:
+            if self.max_rows and self.rows >= self.max_rows:
+                raise StoreFull(f"the feedback store is full: it holds {self.rows:,} corrections, the most it takes.")
+            if self.max_bytes and self.bytes + size > self.max_bytes:
+                raise StoreFull(f"the feedback store is full: it holds {self.bytes / 2**20:,.1f} MiB of images and "
+                                f"takes at most {self.max_bytes / 2**20:,.1f} MiB.")
+            self.rows, self.bytes = self.rows + 1, self.bytes + size
 
     def close(self) -> None:
         self.engine.dispose()
