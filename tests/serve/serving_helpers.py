@@ -21,14 +21,15 @@ from imgclf.data.transforms import Preprocess
 from imgclf.models import create_model
 from imgclf.rundir import save_model
 from imgclf.serve.app import ServeConfig, create_app
+from imgclf.serve.server import server_config
 
 
 @contextmanager
 def serving(run, **settings):
     """A real server for `run` in a thread; yields its base URL and stops it (gracefully) afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run, ServeConfig(**settings)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    config = ServeConfig(**settings)
+    server = uvicorn.Server(server_config(create_app(run, config), config, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

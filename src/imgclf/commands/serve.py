@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 from pathlib import Path
@@ -35,7 +36,32 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="enable POST /admin/reload, with the token in $IMGCLF_ADMIN_TOKEN")
     serve.add_argument("--models-dir", type=Path,
                        help="the folder reload may take runs from (default: the folder holding RUN)")
+    serve.add_argument("--header-timeout-s", type=float, default=10.0,
+                       help="close a connection whose request headers are not complete by then (default 10)")
+    serve.add_argument("--body-timeout-s", type=float, default=30.0,
+                       help="a request body not complete by then gets 408 (default 30)")
+    serve.add_argument("--max-connections", type=positive, default=1000,
+                       help="requests arriving while more connections are open get 503 (default 1000)")
+    serve.add_argument("--max-buffered-mb", type=float, default=64.0,
+                       help="request bodies being received, all together; beyond, new ones get 503 (default 64 MiB)")
+    serve.add_argument("--docs", action="store_true",
+                       help="serve /docs and /redoc (they load Swagger UI and ReDoc from a CDN; default off)")
+    serve.add_argument("--allowed-hosts", metavar="NAMES",
+                       help="Host header names answered, comma-separated (others get 400); '*': any (default: "
+                            "localhost, 127.0.0.1, ::1 when --host is a loopback address, else any)")
     serve.set_defaults(run=_serve)
+
+
+def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """--allowed-hosts as names, None for any; by default only loopback names on a loopback address: a web page
+    cannot then reach the service through a DNS name rebound to 127.0.0.1."""
+    if args.allowed_hosts is not None:
+        return None if args.allowed_hosts.strip() == "*" else tuple(h.strip() for h in args.allowed_hosts.split(","))
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:  # a name, not an address
+        loopback = args.host == "localhost"
+    return ("localhost", "127.0.0.1", "::1") if loopback else None
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -44,6 +70,7 @@ def _serve(args: argparse.Namespace) -> None:
         import uvicorn
 
         from imgclf.serve.app import ServeConfig, create_app
+        from imgclf.serve.server import server_config
     except ImportError as err:
         raise ImgclfError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'imgclf[serve]'.") from err
@@ -53,13 +80,17 @@ def _serve(args: argparse.Namespace) -> None:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
                          invert=args.invert, feedback_db=args.feedback_db, admin_token=token,
-                         models_dir=str(args.models_dir or args.run_dir.resolve().parent))
+                         models_dir=str(args.models_dir or args.run_dir.resolve().parent),
+                         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                         max_connections=args.max_connections, max_buffered_mb=args.max_buffered_mb, docs=args.docs,
+                         allowed_hosts=_allowed_hosts(args))
     app = create_app(args.run_dir, config)
-    print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API docs at /docs; Ctrl-C or SIGTERM stops "
-          "after the requests in flight)", flush=True)
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API described at "
+          f"{'/docs' if args.docs else '/openapi.json'}; Ctrl-C or SIGTERM stops after the requests in flight)",
+          flush=True)
     # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
     # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     torch.set_num_threads(args.threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.verbose else "warning",
-                timeout_graceful_shutdown=30)
+    uvicorn.Server(server_config(app, config, args.host, args.port, log_level="debug" if args.verbose else "warning",
+                                 timeout_graceful_shutdown=30)).run()
