@@ -21,18 +21,21 @@ from imgclf.data.transforms import Preprocess
 from imgclf.models import create_model
 from imgclf.rundir import save_model
 from imgclf.serve.app import ServeConfig, create_app
+from imgclf.serve.server import server_config
 
 
 def serving(run, **settings):
     """A real server for `run` in a thread; yields its base URL and stops it (gracefully) afterwards."""
-    return serving_app(create_app(run, ServeConfig(**settings)))
+    config = ServeConfig(**settings)
+    return serving_app(create_app(run, config), config)
 
 
 @contextmanager
-def serving_app(app):
-    """A real server for an ASGI app in a thread; yields its base URL and stops it (gracefully) afterwards."""
+def serving_app(app, config: ServeConfig | None = None):
+    """A real server for an ASGI app (served with the limits of `config`) in a thread; yields its base URL and stops
+    it (gracefully) afterwards."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, config or ServeConfig(), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

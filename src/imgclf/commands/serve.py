@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shutil
@@ -49,15 +50,42 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="corrections the feedback store may hold (default 100,000; 507 beyond)")
     serve.add_argument("--feedback-max-mb", type=float, default=1024.0,
                        help="MiB of images the feedback store may hold (default 1024)")
+    serve.add_argument("--header-timeout-s", type=float, default=10.0,
+                       help="close a connection whose request headers are not complete by then (default 10)")
+    serve.add_argument("--body-timeout-s", type=float, default=30.0,
+                       help="a request body not complete by then gets 408 (default 30)")
+    serve.add_argument("--max-connections", type=positive, default=1000,
+                       help="requests arriving while more connections are open get 503 (default 1000)")
+    serve.add_argument("--max-buffered-mb", type=float, default=64.0,
+                       help="request bodies being received, all together; beyond, new ones get 503 (default 64 MiB)")
+    serve.add_argument("--docs", action="store_true",
+                       help="serve /docs and /redoc (they load Swagger UI and ReDoc from a CDN; default off)")
+    serve.add_argument("--allowed-hosts", metavar="NAMES",
+                       help="Host header names answered, comma-separated (others get 400); '*': any (default: "
+                            "localhost, 127.0.0.1, ::1 when --host is a loopback address, else any)")
     serve.set_defaults(run=_serve)
+
+
+def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """--allowed-hosts as names, None for any; by default only loopback names on a loopback address: a web page
+    cannot then reach the service through a DNS name rebound to 127.0.0.1."""
+    if args.allowed_hosts is not None:
+        return None if args.allowed_hosts.strip() == "*" else tuple(h.strip() for h in args.allowed_hosts.split(","))
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:  # a name, not an address
+        loopback = args.host == "localhost"
+    return ("localhost", "127.0.0.1", "::1") if loopback else None
 
 
 def _serve(args: argparse.Namespace) -> None:
     try:
         import torch
         import uvicorn
+        from uvicorn.supervisors import Multiprocess
 
         from imgclf.serve.app import WORKER_SETTINGS, ServeConfig, create_app
+        from imgclf.serve.server import server_config
     except ImportError as err:
         raise ImgclfError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'imgclf[serve]'.") from err
@@ -73,9 +101,10 @@ def _serve(args: argparse.Namespace) -> None:
                          models_dir=str(args.models_dir or args.run_dir.resolve().parent),
                          feedback_token=os.environ.get("IMGCLF_FEEDBACK_TOKEN") or None,
                          feedback_per_minute=args.feedback_per_minute, feedback_max_rows=args.feedback_max_rows,
-                         feedback_max_mb=args.feedback_max_mb)
-    settings = {"host": args.host, "port": args.port, "log_level": "debug" if args.verbose else "warning",
-                "timeout_graceful_shutdown": 30}
+                         feedback_max_mb=args.feedback_max_mb, header_timeout_s=args.header_timeout_s,
+                         body_timeout_s=args.body_timeout_s, max_connections=args.max_connections,
+                         max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args))
+    options = {"log_level": "debug" if args.verbose else "warning", "timeout_graceful_shutdown": 30}
     if args.workers == 1:
         app = create_app(args.run_dir, config)
         _started(args)
@@ -83,10 +112,11 @@ def _serve(args: argparse.Namespace) -> None:
         # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         torch.set_num_threads(args.threads)
-        uvicorn.run(app, **settings)
+        uvicorn.Server(server_config(app, config, args.host, args.port, **options)).run()
         return
-    # several processes on one socket (uvicorn's supervisor; SIGTERM stops them all gracefully), each loading the
-    # model; they share the remembered predictions and the metrics through files in a scratch folder
+    # several processes on one socket (uvicorn's supervisor, as uvicorn.run starts it; SIGTERM stops them all
+    # gracefully), each loading the model; they share the remembered predictions and the metrics through files
+    # in a scratch folder
     scratch = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
     try:
         (scratch / "metrics").mkdir()
@@ -94,12 +124,15 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
         os.environ[WORKER_SETTINGS] = json.dumps({"model": str(args.run_dir.resolve()), "config": asdict(config),
                                                   "threads": args.threads})
+        settings = server_config("imgclf.serve.app:worker_app", config, args.host, args.port, factory=True,
+                                 workers=args.workers, **options)
         _started(args)
-        uvicorn.run("imgclf.serve.app:worker_app", factory=True, workers=args.workers, **settings)
+        Multiprocess(settings, sockets=[settings.bind_socket()]).run()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _started(args: argparse.Namespace) -> None:
     print(f"serving {args.run_dir} on http://{args.host}:{args.port} with {args.workers} worker process"
-          f"{'es' if args.workers > 1 else ''} (Ctrl-C or SIGTERM stops after the requests in flight)", flush=True)
+          f"{'es' if args.workers > 1 else ''} (API described at {'/docs' if args.docs else '/openapi.json'}; "
+          "Ctrl-C or SIGTERM stops after the requests in flight)", flush=True)

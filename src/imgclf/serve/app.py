@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import gc
+import hashlib
 import hmac
 import io
 import itertools
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import reprlib
 import shutil
 import tempfile
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
 LARGE = 1_000_000  # images with more pixels are decoded in a worker thread
 DRAWABLE = 32  # single-channel models up to this many pixels a side get the drawing pad (digit-like inputs)
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"  # JSON and PNG answers: nothing to load, never framed
+DOCS_POLICY = "frame-ancestors 'none'"  # --docs pages load Swagger UI and ReDoc (inline script) from their CDN
 
 
 @dataclass
@@ -71,19 +75,29 @@ class ServeConfig:
     feedback_per_minute: float = 60.0  # feedback posts per client address, in bursts of as many (429 beyond)
     feedback_max_rows: int = 100_000  # corrections the feedback store may hold (507 beyond)
     feedback_max_mb: float = 1024.0  # and MiB of their images
+    header_timeout_s: float = 10.0  # a connection whose request headers are not complete by then is closed
+    body_timeout_s: float = 30.0  # a request body not complete by then gets 408
+    max_connections: int = 1000  # requests arriving while more connections are open get 503
+    max_buffered_mb: float = 64.0  # request bodies being received, all together; beyond it new ones get 503
+    docs: bool = False  # serve /docs and /redoc (they load Swagger UI and ReDoc from a CDN)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names answered (others get 400); None: any
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
                    "max_pixels": self.max_pixels, "max_images": self.max_images, "deadline_ms": self.deadline_ms,
                    "top_k": self.top_k, "remember": self.remember, "remember_mb": self.remember_mb,
                    "feedback_per_minute": self.feedback_per_minute, "feedback_max_rows": self.feedback_max_rows,
-                   "feedback_max_mb": self.feedback_max_mb}
+                   "feedback_max_mb": self.feedback_max_mb,
+                   "header_timeout_s": self.header_timeout_s, "body_timeout_s": self.body_timeout_s,
+                   "max_connections": self.max_connections, "max_buffered_mb": self.max_buffered_mb}
         bad = [name for name, value in numbers.items() if not value > 0] + (
             ["max_wait_ms"] if not self.max_wait_ms >= 0 else [])  # written so that NaN fails too
         if bad:
             raise ImgclfError(f"serving limits must be positive numbers (max_wait_ms may be 0): {', '.join(bad)}.")
         if self.invert not in ("none", "auto", "always"):
             raise ImgclfError(f"invert must be none, auto or always, got {self.invert!r}.")
+        if self.allowed_hosts is not None and not all(self.allowed_hosts):
+            raise ImgclfError("allowed_hosts must be host names (a.example,b.example), none of them empty.")
 
 
 class ApiError(Exception):
@@ -153,29 +167,32 @@ def pixels_of(image: Image.Image) -> torch.Tensor:
 
 
 class _BodyLimit:
-    """ASGI middleware: a body larger than `limit` bytes gets 413 before any parsing (the body is read here,
-    up to the limit, and replayed to the app)."""
+    """ASGI middleware: reads the whole body before the app sees it (then replays it): 413 above `limit` bytes,
+    before any parsing; 408 when it has not all arrived `timeout` seconds after the headers; 503 while the bodies
+    being received hold more than `budget` bytes together (slow uploads cannot pile up memory)."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float, budget: int) -> None:
+        self.app, self.limit, self.timeout, self.budget = app, limit, timeout, budget
+        self.buffered = 0  # bytes of the bodies being received, all requests together
+        self.too_large = (f"the request body is larger than {limit / 2**20:.1f} MiB; send a smaller image or fewer "
+                          "images.")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _too_large(self.limit, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None  # the client went away: nothing to answer
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                return await _too_large(self.limit, send)
-        body, sent = b"".join(chunks), False
+        chunks: list[bytes] = []
+        try:
+            body = await asyncio.wait_for(self._read(scope, receive, chunks), self.timeout)
+        except ApiError as err:
+            return await _error(send, err.status, err.message)
+        except asyncio.TimeoutError:  # the partial body is dropped with the connection
+            return await _error(send, 408, f"the request body did not arrive within {self.timeout:g} s; send it "
+                                           "in one go.", close=True)
+        finally:
+            self.buffered -= sum(map(len, chunks))
+        if body is None:
+            return None  # the client went away: nothing to answer
+        sent = False
 
         async def replay():
             nonlocal sent
@@ -185,10 +202,30 @@ class _BodyLimit:
             return await receive()
         return await self.app(scope, replay, send)
 
+    async def _read(self, scope, receive, chunks: list[bytes]) -> bytes | None:
+        """The whole body, received into `chunks`; None if the client disconnected first."""
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            raise ApiError(413, self.too_large)
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size, self.buffered = size + len(chunks[-1]), self.buffered + len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                raise ApiError(413, self.too_large)
+            if self.buffered > self.budget:
+                raise ApiError(503, "the server is receiving too many uploads at once; retry in a second.")
+        return b"".join(chunks)
+
 
 class _Observe:
-    """ASGI middleware: counts and times every request by route and status, and names the model version in an
-    X-Model-Version header (plain ASGI: Starlette's BaseHTTPMiddleware costs a task per request)."""
+    """ASGI middleware: counts and times every request by route and status (499 when the client hung up before
+    an answer), and names the model version in an X-Model-Version header (plain ASGI: Starlette's
+    BaseHTTPMiddleware costs a task per request)."""
 
     def __init__(self, app, service: Service) -> None:
         self.app, self.service = app, service
@@ -196,7 +233,7 @@ class _Observe:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
+        started, status, hung_up = time.perf_counter(), None, False
         scope.setdefault("state", {})["arrived"] = time.monotonic()  # request.state.arrived: deadlines count from here
 
         async def sending(message):
@@ -207,20 +244,67 @@ class _Observe:
                 if not any(name.lower() == b"x-model-version" for name, _ in headers):
                     message["headers"] = [*headers, (b"x-model-version", self.service.current.version.encode())]
             await send(message)
+
+        async def receiving():
+            nonlocal hung_up
+            message = await receive()
+            hung_up = hung_up or message["type"] == "http.disconnect"
+            return message
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receiving, sending)
         finally:
             route = scope.get("route")
             path = route.path if route is not None else "other"  # no label per unknown URL
-            self.service.requests.labels(path, str(status)).inc()
+            # no answer: 499 (nginx's "client closed request") if the client hung up, else the 500 uvicorn sends
+            self.service.requests.labels(path, str(status or (499 if hung_up else 500))).inc()
             self.service.latency.labels(path).observe(time.perf_counter() - started)
 
 
-async def _too_large(limit: int, send) -> None:
-    body = json.dumps({"error": f"the request body is larger than {limit / 2**20:.1f} MiB; send a smaller "
-                                "image or fewer images."}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+class _Guard:
+    """ASGI middleware: 503 to a request beyond the connection cap (flagged by imgclf.serve.server), 400 to a Host
+    header not in `hosts` (None: any; DNS rebinding), and security headers on every answer: the
+    Content-Security-Policy of `policies` by path (API_POLICY by default), no MIME sniffing, framing or referrer."""
+
+    def __init__(self, app, hosts: tuple[str, ...] | None, policies: dict[str, str]) -> None:
+        self.app, self.policies = app, policies
+        self.hosts = None if hosts is None else {host.strip("[]").lower() for host in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        policy = self.policies.get(scope["path"], API_POLICY).encode()
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"content-security-policy", policy),
+                                      *_SECURITY_HEADERS]
+            await send(message)
+        if scope["state"].get("over_capacity"):
+            return await _error(secured, 503, "the server has too many connections open; retry in a second.",
+                                close=True)
+        if self.hosts is not None and (host := _hostname(scope)) not in self.hosts:
+            return await _error(secured, 400, f"the Host header {host[:100]!r} is not a name this server answers "
+                                              "to; ask its operator to add it to --allowed-hosts.")
+        return await self.app(scope, receive, secured)
+
+
+_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                     (b"referrer-policy", b"no-referrer")]
+
+
+def _hostname(scope) -> str:
+    """The name in the Host header, lower-case, without the port or an IPv6 address's brackets ("" if none)."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1").lower()
+    return host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
+
+
+async def _error(send, status: int, message: str, close: bool = False) -> None:
+    """A JSON error answered by a middleware, before the app; `close`: close the connection after it (without, the
+    server reads and drops the rest of the body, so that the client sees the answer)."""
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *([(b"connection", b"close")] if close else []), *([(b"retry-after", b"1")] if status == 503 else [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -470,6 +554,16 @@ def page_of(preprocess: Preprocess) -> str:
     return "draw" if preprocess.channels == 1 and max(preprocess.size) <= DRAWABLE else "upload"
 
 
+def _page_policy(html: str) -> str:
+    """The page's Content-Security-Policy: nothing from other origins, and only its own inline script and style
+    (allowed by their sha256), so injected markup cannot run."""
+    def hashes(tag: str) -> str:
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+                        for text in re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", html, re.DOTALL))
+    return (f"default-src 'self'; script-src {hashes('script')}; style-src {hashes('style')}; img-src 'self' blob:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
 def _light_background(image: torch.Tensor) -> bool:
     """Whether the border of a uint8 (C, H, W) image is mostly light (a dark digit on paper)."""
     border = torch.cat([image[..., 0, :], image[..., -1, :], image[..., :, 0], image[..., :, -1]], dim=-1)
@@ -565,10 +659,16 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
             shutil.rmtree(service.scratch, ignore_errors=True)
 
     app = FastAPI(title="imgclf", version="1", lifespan=lifespan,
-                  description=f"Image classification with {service.current.name}.")
+                  description=f"Image classification with {service.current.name}.",
+                  docs_url="/docs" if config.docs else None, redoc_url="/redoc" if config.docs else None)
     app.state.service = service
+    page_html = (Path(__file__).parent / "static" / "index.html").read_text()
+    policies = {"/": _page_policy(page_html)} | (
+        dict.fromkeys(["/docs", "/docs/oauth2-redirect", "/redoc"], DOCS_POLICY) if config.docs else {})
 
-    app.add_middleware(_BodyLimit, limit=int(config.max_body_mb * 2**20))
+    app.add_middleware(_BodyLimit, limit=int(config.max_body_mb * 2**20), timeout=config.body_timeout_s,
+                       budget=int(config.max_buffered_mb * 2**20))
+    app.add_middleware(_Guard, hosts=config.allowed_hosts, policies=policies)  # before any body is read
     app.add_middleware(_Observe, service=service)  # added last: the outermost, it sees every answer
 
     @app.exception_handler(ApiError)
@@ -639,7 +739,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
+        return HTMLResponse(page_html)
 
     @app.get("/health/live", summary="the process is up")
     async def live() -> dict:
