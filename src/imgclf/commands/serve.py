@@ -35,6 +35,12 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="enable POST /admin/reload, with the token in $IMGCLF_ADMIN_TOKEN")
     serve.add_argument("--models-dir", type=Path,
                        help="the folder reload may take runs from (default: the folder holding RUN)")
+    serve.add_argument("--max-aspect", type=float, default=32.0,
+                       help="longest side / shortest side of an image, beyond: 422 (default 32)")
+    serve.add_argument("--max-request-pixels", type=positive, default=2 * 4096 * 4096,
+                       help="decoded pixels of all the images of one request, beyond: 413 (default 2x 4096x4096)")
+    serve.add_argument("--max-explains", type=positive, default=2,
+                       help="explanations admitted at once (one computes, the others wait), beyond: 503 (default 2)")
     serve.set_defaults(run=_serve)
 
 
@@ -53,7 +59,9 @@ def _serve(args: argparse.Namespace) -> None:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, deadline_ms=args.deadline_ms,
                          invert=args.invert, feedback_db=args.feedback_db, admin_token=token,
-                         models_dir=str(args.models_dir or args.run_dir.resolve().parent))
+                         models_dir=str(args.models_dir or args.run_dir.resolve().parent),
+                         max_aspect=args.max_aspect, max_request_pixels=args.max_request_pixels,
+                         max_explains=args.max_explains)
     app = create_app(args.run_dir, config)
     print(f"serving {args.run_dir} on http://{args.host}:{args.port} (API docs at /docs; Ctrl-C or SIGTERM stops "
           "after the requests in flight)", flush=True)
