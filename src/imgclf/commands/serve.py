@@ -63,6 +63,12 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     serve.add_argument("--allowed-hosts", metavar="NAMES",
                        help="Host header names answered, comma-separated (others get 400); '*': any (default: "
                             "localhost, 127.0.0.1, ::1 when --host is a loopback address, else any)")
+    serve.add_argument("--max-aspect", type=float, default=32.0,
+                       help="longest side / shortest side of an image, beyond: 422 (default 32)")
+    serve.add_argument("--max-request-pixels", type=positive, default=2 * 4096 * 4096,
+                       help="decoded pixels of all the images of one request, beyond: 413 (default 2x 4096x4096)")
+    serve.add_argument("--max-explains", type=positive, default=2,
+                       help="explanations admitted at once (one computes, the others wait), beyond: 503 (default 2)")
     serve.set_defaults(run=_serve)
 
 
@@ -103,7 +109,9 @@ def _serve(args: argparse.Namespace) -> None:
                          feedback_per_minute=args.feedback_per_minute, feedback_max_rows=args.feedback_max_rows,
                          feedback_max_mb=args.feedback_max_mb, header_timeout_s=args.header_timeout_s,
                          body_timeout_s=args.body_timeout_s, max_connections=args.max_connections,
-                         max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args))
+                         max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args),
+                         max_aspect=args.max_aspect, max_request_pixels=args.max_request_pixels,
+                         max_explains=args.max_explains)
     options = {"log_level": "debug" if args.verbose else "warning", "timeout_graceful_shutdown": 30}
     if args.workers == 1:
         app = create_app(args.run_dir, config)

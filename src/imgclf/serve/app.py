@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
+import ctypes
 import gc
 import hashlib
 import hmac
@@ -23,9 +25,13 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from fastapi import FastAPI, Request
@@ -36,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 
-from imgclf.data.transforms import Preprocess, image_to_tensor
+from imgclf.data.transforms import GRAY_MODES, Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import preprocess_of
 from imgclf.runtime import open_model
@@ -45,8 +51,13 @@ from imgclf.serve.feedback import FeedbackStore, StoreError, StoreFull
 from imgclf.serve.recent import Recent, Remembered
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"}  # MPO: JPEG with extra pictures, as phones write
-LARGE = 1_000_000  # images with more pixels are decoded in a worker thread
+INLINE = 128 * 128  # images of at most this many pixels (and INLINE_BYTES) are read on the event loop, others in a pool
+INLINE_BYTES = 64 * 1024  # (a thread hop costs more than reading a small image)
+DECODERS = 2  # images decoded at once in the pool: each holds its full-size pixels for a moment (memory) and a core
+REDUCING_GAP = 3  # large images are reduced (JPEG draft, box filter) to no less than 3x the model's side first
+TRIM = 4_000_000  # after decoding more pixels than this, freed memory is handed back to the system
 DRAWABLE = 32  # single-channel models up to this many pixels a side get the drawing pad (digit-like inputs)
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"  # JSON and PNG answers: nothing to load, never framed
 DOCS_POLICY = "frame-ancestors 'none'"  # --docs pages load Swagger UI and ReDoc (inline script) from their CDN
@@ -81,6 +92,9 @@ class ServeConfig:
     max_buffered_mb: float = 64.0  # request bodies being received, all together; beyond it new ones get 503
     docs: bool = False  # serve /docs and /redoc (they load Swagger UI and ReDoc from a CDN)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names answered (others get 400); None: any
+    max_aspect: float = 32.0  # images whose longer side is more than this many times the shorter get 422
+    max_request_pixels: int = 2 * 4096 * 4096  # decoded pixels of all the images of one request, beyond: 413
+    max_explains: int = 2  # explanations admitted at once (one computes, the others wait); beyond: 503
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
@@ -89,11 +103,15 @@ class ServeConfig:
                    "feedback_per_minute": self.feedback_per_minute, "feedback_max_rows": self.feedback_max_rows,
                    "feedback_max_mb": self.feedback_max_mb,
                    "header_timeout_s": self.header_timeout_s, "body_timeout_s": self.body_timeout_s,
-                   "max_connections": self.max_connections, "max_buffered_mb": self.max_buffered_mb}
+                   "max_connections": self.max_connections, "max_buffered_mb": self.max_buffered_mb,
+                   "max_aspect": self.max_aspect, "max_request_pixels": self.max_request_pixels,
+                   "max_explains": self.max_explains}
         bad = [name for name, value in numbers.items() if not value > 0] + (
             ["max_wait_ms"] if not self.max_wait_ms >= 0 else [])  # written so that NaN fails too
         if bad:
             raise ImgclfError(f"serving limits must be positive numbers (max_wait_ms may be 0): {', '.join(bad)}.")
+        if not self.max_aspect >= 1:
+            raise ImgclfError(f"max_aspect must be at least 1 (1: square images only), got {self.max_aspect}.")
         if self.invert not in ("none", "auto", "always"):
             raise ImgclfError(f"invert must be none, auto or always, got {self.invert!r}.")
         if self.allowed_hosts is not None and not all(self.allowed_hosts):
@@ -137,9 +155,33 @@ class _Buckets:
         return wait
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be answered (time.monotonic()), and the limit that set it (for the message)."""
+
+    at: float
+    ms: float
+
+    @classmethod
+    def of(cls, started: float, ms: float) -> Deadline:
+        return cls(started + ms / 1000, ms)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self) -> None:
+        """A 504 once the deadline has passed: a late request gets no more work."""
+        if self.left() <= 0:
+            raise self.missed()
+
+    def missed(self) -> ApiError:
+        return ApiError(504, f"no answer within {self.ms:g} ms; retry later.")
+
+
+def open_image(data: bytes, config: ServeConfig, side: int) -> Image.Image:
     """Image bytes, checked from the header only: errors as ApiError (400 empty, 415 not an image or an
-    unsupported format, 413 too many pixels, a decompression bomb)."""
+    unsupported format, 413 too many pixels, a decompression bomb, 422 too long and thin). A large JPEG is set to
+    decode at a reduced size (Image.draft), no less than REDUCING_GAP x `side`, the model's longer side."""
     if not data:
         raise ApiError(400, "the image is empty; send the bytes of a PNG, JPEG, WebP, BMP or GIF file.")
     try:
@@ -150,20 +192,56 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ApiError(415, "the data is not an image; send a PNG, JPEG, WebP, BMP or GIF file.") from None
     if image.format not in FORMATS:
         raise ApiError(415, f"{image.format} images are not accepted; send PNG, JPEG, WebP, BMP or GIF.")
-    if image.width * image.height > max_pixels:  # checked on the header, before any pixel is decoded
-        raise ApiError(413, f"the image has {image.width}x{image.height} pixels, more than the {max_pixels:,} "
-                            "allowed; send a smaller image.")
+    if image.width * image.height > config.max_pixels:  # checked on the header, before any pixel is decoded
+        raise ApiError(413, f"the image has {image.width}x{image.height} pixels, more than the "
+                            f"{config.max_pixels:,} allowed; send a smaller image.")
+    if max(image.size) > config.max_aspect * min(image.size):  # a 1 x 4,000,000 strip: tiny file, costly resize
+        raise ApiError(422, f"the image is {image.width}x{image.height} pixels, one side more than "
+                            f"{config.max_aspect:g} times the other; crop it to the part to classify.")
+    if image.format in ("JPEG", "MPO") and min(image.size) >= 2 * REDUCING_GAP * side:
+        image.draft(None, (REDUCING_GAP * side,) * 2)  # the decoder scales by 1/2, 1/4 or 1/8 as it goes
     return image
 
 
-def pixels_of(image: Image.Image) -> torch.Tensor:
-    """The decoded image as uint8 (C, H, W), EXIF orientation applied, the first frame of an animation; a damaged
-    file is a 422."""
+def pixels_of(image: Image.Image, side: int, deadline: Deadline) -> torch.Tensor:
+    """The decoded image as uint8 (C, H, W), EXIF orientation applied, the first frame of an animation, a large
+    one box-reduced to no less than REDUCING_GAP x `side` (so that the antialiased resize after it takes bounded
+    time and memory); a damaged file is a 422, a request past its deadline a 504 before each costly step."""
+    deadline.check()
     try:
         image.seek(0)
-        return image_to_tensor(image)
+        image.load()
+        deadline.check()
+        return image_to_tensor(_reduced(image, side))
+    except ApiError:
+        raise
     except Exception as err:  # Pillow's decoders raise many types for damaged data; none may become a 500
         raise ApiError(422, f"the image is damaged or truncated ({err}); send the whole file.") from None
+    finally:
+        if image.width * image.height > TRIM:
+            _trim()
+
+
+def _reduced(image: Image.Image, side: int) -> Image.Image:
+    """`image` reduced by whole factors (box filter) to no less than REDUCING_GAP x `side` a side, first converted
+    to the mode image_to_tensor takes (reduce would average a palette's indices); a smaller one as it is, so
+    that it reads exactly as `imgclf predict` reads it."""
+    target = REDUCING_GAP * side
+    factors = (max(image.width // target, 1), max(image.height // target, 1))
+    if factors == (1, 1):
+        return image
+    mode = (image.mode if image.mode in ("I", "F") else "I" if image.mode.startswith("I;16") else
+            "L" if image.mode in GRAY_MODES else "RGB")
+    return (image if image.mode == mode else image.convert(mode)).reduce(factors)  # info (EXIF) goes along
+
+
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if os.name == "posix" else None  # glibc only
+
+
+def _trim() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it in its per-thread arenas otherwise)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class _BodyLimit:
@@ -325,6 +403,17 @@ class Loaded:
     def version(self) -> str:
         return self.meta["sha256"][:12]
 
+    @property
+    def side(self) -> int:
+        """The longer side of the model's input, in pixels."""
+        return max(self.preprocess.size)
+
+    @cached_property
+    def explained(self) -> torch.nn.Module:
+        """A private copy of the PyTorch model, made on the first explanation: Captum hooks the model it works
+        on, while predictions go on with the original in the inference thread."""
+        return copy.deepcopy(self.model)
+
 
 @dataclass
 class Job:
@@ -366,6 +455,9 @@ class Service:
         self.store = FeedbackStore(config.feedback_db, max_rows=config.feedback_max_rows,
                                    max_bytes=int(config.feedback_max_mb * 2**20)) if config.feedback_db else None
         self.feedback_buckets = _Buckets(config.feedback_per_minute)
+        self.decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="imgclf-decode")
+        self.explainer = ThreadPoolExecutor(1, thread_name_prefix="imgclf-explain")  # off the inference thread
+        self.explaining = asyncio.Semaphore(config.max_explains)
 
     @staticmethod
     def load(path: str | Path) -> Loaded:
@@ -429,18 +521,40 @@ class Service:
             self.recent.add(kept)
         return results
 
-    async def prepare(self, data: bytes, loaded: Loaded) -> tuple[torch.Tensor, bool]:
+    async def prepare(self, data: bytes, loaded: Loaded, deadline: Deadline) -> tuple[torch.Tensor, bool]:
         """Image bytes -> the (C, H, W) float input the model takes, with its saved preprocessing, and whether
-        the image was inverted; large images are decoded in a worker thread, off the event loop."""
-        image = open_image(data, self.config.max_pixels)
-        if image.width * image.height > LARGE:
-            return await asyncio.to_thread(self._prepare, image, loaded)
-        return self._prepare(image, loaded)
+        the image was inverted; only small images are read on the event loop, others in the decoding pool."""
+        if len(data) > INLINE_BYTES:
+            return await self.decoding(deadline, self._prepare, data, loaded, deadline)
+        image = open_image(data, self.config, loaded.side)
+        if image.width * image.height > INLINE:
+            return await self.decoding(deadline, self._prepare, image, loaded, deadline)
+        return self._prepare(image, loaded, deadline)
 
-    def _prepare(self, image: Image.Image, loaded: Loaded) -> tuple[torch.Tensor, bool]:
-        pixels = pixels_of(image)
+    def _prepare(self, image: bytes | Image.Image, loaded: Loaded, deadline: Deadline) -> tuple[torch.Tensor, bool]:
+        if isinstance(image, bytes):
+            image = open_image(image, self.config, loaded.side)
+        pixels = pixels_of(image, loaded.side, deadline)
         invert = self._inverts(pixels)
         return loaded.preprocess((255 - pixels if invert else pixels).unsqueeze(0))[0], invert
+
+    async def decoding(self, deadline: Deadline, work: Callable[..., T], *args: object) -> T:
+        """work(*args) in the decoding pool; a 504 when `deadline` passes first (work not yet started is dropped)."""
+        future = asyncio.get_running_loop().run_in_executor(self.decoders, work, *args)
+        try:
+            return await asyncio.wait_for(future, max(deadline.left(), 0.001))
+        except TimeoutError:
+            raise deadline.missed() from None
+
+    def check(self, images: list[bytes], loaded: Loaded) -> None:
+        """Every image of a request checked from its header (see open_image), and their decoded pixels together
+        within max_request_pixels (413)."""
+        total = sum(image.width * image.height for image in (open_image(data, self.config, loaded.side)
+                                                              for data in images))
+        if total > self.config.max_request_pixels:
+            raise ApiError(413, f"the {len(images)} images have {total:,} pixels in all, more than the "
+                                f"{self.config.max_request_pixels:,} allowed in one request; send fewer or smaller "
+                                "images.")
 
     def _inverts(self, pixels: torch.Tensor) -> bool:
         """Whether --invert applies to this uint8 (C, H, W) image."""
@@ -451,19 +565,17 @@ class Service:
         """One image's class probabilities under `loaded`, through the batcher, and whether it was inverted;
         `started` (time.monotonic()) is when the request arrived: the deadline counts from there. With a
         `prediction_id` the image and answer are remembered under it."""
-        late = ApiError(504, f"no answer within {self.config.deadline_ms:g} ms; retry later.")
+        deadline = Deadline.of(started, self.config.deadline_ms)
         try:
             with self.batcher.expecting():
-                x, inverted = await self.prepare(data, loaded)
-                left = self.config.deadline_ms / 1000 - (time.monotonic() - started)
-                if left <= 0:
-                    raise late
+                x, inverted = await self.prepare(data, loaded, deadline)
+                deadline.check()
                 answer = self.batcher.submit(Job(x, loaded, data, inverted, prediction_id))
-            return await asyncio.wait_for(answer, left), inverted
+            return await asyncio.wait_for(answer, deadline.left()), inverted
         except Overloaded:
             raise ApiError(503, "the server is busy; retry in a second.") from None
         except TimeoutError:
-            raise late from None
+            raise deadline.missed() from None
 
     async def predict(self, data: bytes, started: float) -> dict:
         """One image's answer; `started` (time.monotonic()) is when the request arrived."""
@@ -475,33 +587,40 @@ class Service:
                 "model": {"name": loaded.name, "version": loaded.version},
                 "timing_ms": round((time.monotonic() - started) * 1000, 3)}
 
-    async def explain(self, data: bytes, method: str, target: str | None) -> tuple[bytes, str]:
-        """An attribution overlay (PNG) for the predicted class or `target`, and the class it explains. Captum
-        needs the PyTorch model's gradients (a run directory, not an export)."""
-        from imgclf.evaluate.plots import overlay
-        from imgclf.explain import METHODS, attribute
-
+    async def explain(self, data: bytes, method: str, target: str | None, started: float) -> tuple[bytes, str]:
+        """An attribution overlay (PNG) for the predicted class or `target`, and the class it explains, computed
+        in a thread of its own on a copy of the model, max_explains at a time (then 503): predictions go on
+        meanwhile. Captum needs the PyTorch model's gradients (a run directory, not an export)."""
         loaded = self.current
         if not isinstance(loaded.model, torch.nn.Module):
             raise ApiError(422, "explanations need the PyTorch model: serve the run directory, not an export.")
-        if method not in METHODS:
-            raise ApiError(422, f"unknown method {clip(method)}; choose from {', '.join(METHODS)}.")
         if target is not None and target not in loaded.classes:
             raise ApiError(422, f"target {clip(target)} is not one of the model's classes.")
-        image = open_image(data, self.config.max_pixels)
+        if self.explaining.locked():
+            raise ApiError(503, f"the server is already explaining {self.config.max_explains} images; retry in a "
+                                "second.")
+        deadline = Deadline.of(started, self.config.deadline_ms)
 
         def work() -> tuple[bytes, str]:
-            x, _ = self._prepare(image, loaded)
+            from imgclf.evaluate.plots import overlay  # imported here: the first import takes seconds (matplotlib)
+            from imgclf.explain import METHODS, attribute
+
+            if method not in METHODS:
+                raise ApiError(422, f"unknown method {clip(method)}; choose from {', '.join(METHODS)}.")
+            pixels = pixels_of(open_image(data, self.config, loaded.side), loaded.side, deadline)
+            x = loaded.preprocess((255 - pixels if self._inverts(pixels) else pixels).unsqueeze(0))
+            model = loaded.explained
             with torch.no_grad():
-                chosen = loaded.classes.index(target) if target else int(loaded.model(x[None]).argmax())
-            heat = attribute(loaded.model, x[None], torch.tensor([chosen]), method,
-                             baseline=loaded.preprocess.normalize(torch.zeros_like(x[None])))[0]
-            shown = loaded.preprocess.prepare(pixels_of(image).unsqueeze(0))[0]
+                chosen = loaded.classes.index(target) if target else int(model(x).argmax())
+            heat = attribute(model, x, torch.tensor([chosen]), method,
+                             baseline=loaded.preprocess.normalize(torch.zeros_like(x)))[0]
+            shown = loaded.preprocess.prepare(pixels.unsqueeze(0))[0]
             return overlay(shown.numpy(), heat.numpy(), f"{method}: {loaded.classes[chosen]}"), loaded.classes[chosen]
-        try:  # in the inference thread, between batches: Captum hooks the model while it works
-            return await asyncio.get_running_loop().run_in_executor(self.batcher.executor, work)
-        except ImgclfError as err:  # Captum missing
-            raise ApiError(503, str(err)) from None
+        async with self.explaining:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.explainer, work)
+            except ImgclfError as err:  # Captum missing
+                raise ApiError(503, str(err)) from None
 
     async def feedback(self, body: dict) -> tuple[dict, int]:
         """Store one correction (in a worker thread, committed before returning); returns it and the status."""
@@ -520,7 +639,7 @@ class Service:
                 raise ApiError(422, f"unknown prediction_id {clip(prediction_id)} (this server keeps the last "
                                     f"{self.config.remember:,}); send the image itself instead.")
         elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
-            image = _base64(body["image"])
+            image = await _base64_off_loop(body["image"])
             probs, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
             entry = Remembered(image, loaded.classes[max(range(len(probs)), key=probs.__getitem__)], loaded.version,
                                inverted)
@@ -570,6 +689,13 @@ def _light_background(image: torch.Tensor) -> bool:
     return float(border.float().mean()) > 127
 
 
+async def _base64_off_loop(text: object) -> bytes:
+    """_base64, in a worker thread for more than INLINE_BYTES of text."""
+    if isinstance(text, str) and len(text) > INLINE_BYTES:
+        return await asyncio.to_thread(_base64, text)
+    return _base64(text)
+
+
 def _base64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ApiError(422, "image must be a base64 string.")
@@ -596,7 +722,7 @@ async def _images(request: Request, many: bool) -> list[bytes]:
         values = body.get("images") if many else [body.get("image")]
         if not isinstance(values, list) or not values or any(v is None for v in values):
             raise ApiError(422, 'send {"images": [base64, ...]}.' if many else 'send {"image": base64}.')
-        return [_base64(v) for v in values]
+        return [await _base64_off_loop(v) for v in values]
     raise ApiError(415, "send multipart/form-data (image files) or application/json (base64)." if many else
                    "send the image as the body (Content-Type: image/png, image/jpeg, ...), as multipart/form-data "
                    "or as application/json (base64).")
@@ -653,6 +779,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         yield
         service.ready = False
         await service.batcher.stop()  # what was accepted is answered before the process exits
+        service.decoders.shutdown()
+        service.explainer.shutdown()
         if service.store:
             service.store.close()
         if service.scratch:
@@ -699,8 +827,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         images = await _images(request, many=True)
         if len(images) > config.max_images:
             raise ApiError(413, f"{len(images)} images in one request, more than the {config.max_images} allowed.")
-        for data in images:  # every image checked before any is queued
-            open_image(data, config.max_pixels)
+        await service.decoding(Deadline.of(request.state.arrived, config.deadline_ms), service.check, images,
+                               service.current)  # every image checked before any is queued
         return {"predictions": await asyncio.gather(*(service.predict(data, request.state.arrived)
                                                       for data in images))}
 
@@ -725,7 +853,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     @app.post("/v1/explain", openapi_extra=_IMAGE_BODY, summary="Grad-CAM of one image as a PNG overlay")
     async def explain(request: Request, method: str = "gradcam", target: str | None = None) -> Response:
         data = (await _images(request, many=False))[0]
-        png, label = await service.explain(data, method, target)
+        png, label = await service.explain(data, method, target, request.state.arrived)
         return Response(png, media_type="image/png", headers={"X-Explained-Class": label})
 
     @app.get("/v1/model", summary="classes, input and version of the model")
