@@ -61,6 +61,9 @@ def test_bad_settings_fail_before_any_trial(tmp_path, mnist_dir):
         tune(config, SPACE, sampler="bayes")
     with pytest.raises(ImgclfError, match="selects on the validation split"):
         tune(_config(tmp_path, mnist_dir, **{"data.val_fraction": 0.0}), SPACE)
+    with pytest.raises(ImgclfError, match=r"--study '\.\./escape' must be a plain folder name"):
+        tune(config, SPACE, study="../escape")
+    assert not (tmp_path.parent / "escape").exists()
 
 
 def test_a_tiny_study_end_to_end_and_its_resume(tmp_path, mnist_dir):

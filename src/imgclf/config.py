@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import yaml
 
 from imgclf.errors import ImgclfError
+from imgclf.files import is_plain_name
 
 RECIPES = Path(__file__).resolve().parent / "configs"  # the packaged recipes, found by name: --config mnist-fast
 
@@ -51,6 +52,7 @@ Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Schedule = Literal["constant", "step", "plateau", "cosine", "onecycle"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Attack = Literal["none", "fgsm", "pgd"]
+FolderName = Annotated[str, Rule(is_plain_name, "a plain folder name (no /, \\ or ..; the parent is out)")]
 
 # Each key's meaning is the comment beside its field (continued on comment lines below it): `imgclf config show`.
 
@@ -133,7 +135,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    name: str | None = None  # run name (default: <model>-<dataset>-<time>)
+    name: FolderName | None = None  # run name (default: <model>-<dataset>-<time>)
     out: str = "runs"  # parent folder of run directories
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -165,21 +167,28 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
     the dataclasses: their types, allowed values and ranges."""
     data: dict = {}
     if path is not None:
-        path = find_config(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as err:
-            raise ImgclfError(f"cannot read config {path}: {err.strerror or err}.") from err
-        except yaml.YAMLError as err:
-            raise ImgclfError(f"config {path} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
+        data = _read_yaml(find_config(path))
     return _checked(_apply(data, overrides or {}))
+
+
+def _read_yaml(path: Path) -> dict:
+    """A YAML recipe's mapping, or one clear error for a file that cannot be read, is not UTF-8 or not YAML."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ImgclfError(f"cannot read config {path}: {err.strerror or err}.") from err
+    except UnicodeDecodeError as err:
+        raise ImgclfError(f"config {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML.") from err
+    except yaml.YAMLError as err:
+        raise ImgclfError(f"config {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ImgclfError(f"config {path} must be a mapping of sections (data, model, train).")
+    return data
 
 
 def given_keys(path: str | Path | None, overrides: dict[str, object]) -> set[str]:
     """The dotted keys a YAML recipe and overrides set (what an automatic choice must not change)."""
-    data = (yaml.safe_load(find_config(path).read_text()) or {}) if path is not None else {}
+    data = _read_yaml(find_config(path)) if path is not None else {}
     keys = {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
     return keys | set(overrides)
 

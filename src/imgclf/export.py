@@ -6,7 +6,6 @@ provenance (source run and the sha256 of both weight files)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import warnings
@@ -25,7 +24,7 @@ from imgclf.evaluate.evaluation import eval_data, timings
 from imgclf.evaluate.metrics import softmax
 from imgclf.models import Classifier
 from imgclf.predict import predict_logits
-from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder, sha256
+from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder, sha256, write_meta
 from imgclf.runtime import ExportedModel
 
 log = logging.getLogger(__name__)
@@ -104,9 +103,7 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             "dataset": meta.get("dataset"), "source": {"run": str(folder.resolve()), "sha256": meta["sha256"]},
             "sha256": sha256(path), "exported": datetime.now(timezone.utc).isoformat(),
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
-    text = json.dumps(info, indent=2) + "\n"
-    atomic_write(path.with_name(path.name + ".json"), lambda tmp: tmp.write_text(text))
-    return json.loads(text), path  # as a consumer reads it
+    return write_meta(path.with_name(path.name + ".json"), info), path
 
 
 def _check_options(fmt: str, quantize: str | None, opset: int) -> None:

@@ -1,4 +1,5 @@
-"""Writing files so that a crash or a full disk never leaves a half-written one under the final name."""
+"""Writing files so that a crash or a full disk never leaves a half-written one under the final name, and
+names of folders that stay inside their parent."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from imgclf.errors import ImgclfError
 
 _UMASK = os.umask(0)  # read once (setting it is the only way to read it), then put back
 os.umask(_UMASK)
@@ -24,3 +27,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` names one folder inside its parent: not empty, not . or .., no / or \\ (or NUL)."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def plain_name(name: str, option: str) -> str:
+    """`name` if it is a plain folder name (is_plain_name), else one clear error naming `option`."""
+    if not is_plain_name(name):
+        raise ImgclfError(f"{option} {name!r} must be a plain folder name (no /, \\ or ..): it names a folder "
+                          "inside --out; choose the parent with --out.")
+    return name

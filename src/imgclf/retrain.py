@@ -17,6 +17,7 @@ from imgclf.database import without_password
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.evaluation import EvalData, eval_data, run_config
 from imgclf.evaluate.stats import mcnemar
+from imgclf.files import plain_name
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, preprocess_of, run_folder
 from imgclf.serve.feedback import export
@@ -42,7 +43,7 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
     if not 0 < holdout < 1:
         raise ImgclfError(f"--holdout is the share of feedback kept for scoring, in (0, 1); got {holdout}.")
     out = (Path(out) if out else folder.parent).resolve()
-    name = name or f"{folder.name}-retrained-{datetime.now():%Y%m%d-%H%M%S}"
+    name = plain_name(name or f"{folder.name}-retrained-{datetime.now():%Y%m%d-%H%M%S}", "--name")
     if (out / name).exists():
         raise ImgclfError(f"{out / name} already exists; pass another --name.")
     moved = {} if data_dir is None else {"data.dataset": f"folder:{data_dir}"} if config.data.dataset.startswith(

@@ -5,8 +5,8 @@ so `predict` and `evaluate` take it wherever they take a run directory."""
 
 from __future__ import annotations
 
-import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
-from imgclf.rundir import load_model, sha256
+from imgclf.rundir import load_model, read_meta, sha256
 
 SUFFIXES = (".onnx", ".torchscript.pt")
 
@@ -42,9 +42,7 @@ class ExportedModel:
                 raise ImgclfError(f"{path} is not a valid ONNX model ({first_line(err)}); export it again.") from err
             self.input = self.session.get_inputs()[0].name
         else:
-            with warnings.catch_warnings():  # TorchScript is deprecated upstream but still loads and runs
-                warnings.simplefilter("ignore", FutureWarning)
-                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            self.module = _torchscript(path)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "session"):
@@ -62,6 +60,19 @@ class ExportedModel:
         return self
 
 
+def _torchscript(path: Path) -> torch.jit.ScriptModule:
+    """A TorchScript archive's module; anything else (a pickle, a torch.save file) is refused, never unpickled."""
+    try:
+        if not zipfile.is_zipfile(path):  # TorchScript archives are zip files; a plain pickle is not even opened
+            raise RuntimeError("not a zip archive")
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still loads and runs
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except RuntimeError as err:  # torch.jit.load reads the archive with its own restricted unpickler
+        raise ImgclfError(f"{path} is not a TorchScript model ({first_line(err)}); export it again with imgclf "
+                          "export --format torchscript.") from err
+
+
 def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
     """An exported model file and the metadata beside it (<file>.json)."""
     path = Path(path)
@@ -69,12 +80,7 @@ def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
     if not meta_path.is_file():
         raise ImgclfError(f"{meta_path} is missing: an exported model needs the JSON written beside it "
                           "(classes and preprocessing); export it again with imgclf export.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as err:
-        raise ImgclfError(f"{meta_path} is damaged ({err}); export the model again.") from err
-    if not isinstance(meta, dict) or not {"classes", "preprocess", "sha256"} <= meta.keys():
-        raise ImgclfError(f"{meta_path} lacks classes, preprocess or sha256; export the model again.")
+    meta = read_meta(meta_path, "export the model again", exported=True)
     if sha256(path) != meta["sha256"]:
         raise ImgclfError(f"{path} does not match the checksum in {meta_path.name}: the file is damaged or was "
                           "replaced. Export it again.")

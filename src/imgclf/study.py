@@ -35,7 +35,7 @@ from imgclf.evaluate.stats import format_interval, format_p
 from imgclf.models import create_model
 from imgclf.models.summary import summarize
 from imgclf.robustness import CORRUPTIONS, robustness
-from imgclf.rundir import atomic_write
+from imgclf.rundir import atomic_write, read_meta
 from imgclf.training import RunSummary, train
 from imgclf.tune import tune
 
@@ -210,7 +210,7 @@ def _train(entry: Entry, progress: bool) -> None:
 
 def _robustness(folder: Path, b: Budget, on: ScoreOn, progress: bool) -> None:
     """robustness.json (the robustness columns) of a trained run, measured once per set of weights."""
-    if robustness_record(folder, json.loads((folder / "model.json").read_text())) is None:  # none, or stale
+    if robustness_record(folder, read_meta(folder / "model.json", "train it again")) is None:  # none, or stale
         robustness(folder, corruptions=list(b.corruptions) if b.corruptions else None, attack_names=("fgsm", "pgd"),
                    eps=(0.1,), steps=10, limit=b.robustness_images, on=on, progress=progress)
 

@@ -20,6 +20,7 @@ import yaml
 from imgclf.config import Config, with_overrides
 from imgclf.database import database_url, without_password
 from imgclf.errors import ImgclfError, first_line
+from imgclf.files import plain_name
 from imgclf.rundir import atomic_write
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
     check_space(config, space)
     searched = {k: space[k] for k in _searched(space)}
     fixed = {k: v for k, v in space.items() if k not in searched}
-    folder = Path(config.out) / (study or config.name or f"tune-{fixed.get('model.name', config.model.name)}")
+    name = study or config.name or f"tune-{fixed.get('model.name', config.model.name)}"
+    folder = Path(config.out) / plain_name(name, "--study")
     folder.mkdir(parents=True, exist_ok=True)
     if sampler == "grid" and any(isinstance(v, dict) for v in searched.values()):
         raise ImgclfError("the grid sampler needs a list of values for every searched key, not ranges.")

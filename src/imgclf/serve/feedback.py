@@ -19,6 +19,7 @@ from PIL import Image
 from imgclf.data.transforms import image_to_tensor
 from imgclf.database import database_url, without_password
 from imgclf.errors import ImgclfError, first_line
+from imgclf.files import is_plain_name
 
 try:
     from sqlalchemy import (
@@ -276,7 +277,7 @@ def export(path: str | Path, out: str | Path) -> int:
     with _reading(path) as db:
         for row_id, label, image, inverted in db.execute(
                 select(FEEDBACK.c.id, FEEDBACK.c.label, FEEDBACK.c.image, FEEDBACK.c.inverted).order_by(FEEDBACK.c.id)):
-            if label in ("", ".", "..") or "/" in label or "\\" in label:
+            if not is_plain_name(label):
                 raise ImgclfError(f"feedback row {row_id} has the label {label!r}, which cannot be a folder name.")
             folder = out / label
             folder.mkdir(parents=True, exist_ok=True)
