@@ -2,12 +2,13 @@
 
     python benchmarks/serving.py RUN [--seconds 10] [--data-dir DIR] [--workers 2]
 
-Starts `imgclf serve RUN` on a loopback port once per configuration: batching off (--max-batch 1), batching on
-(the defaults), then the image sent as the request body (Content-Type: image/png) instead of a multipart
-upload, then --workers processes. Each is driven with wrk (one thread, apt-get install wrk) posting 100
-different 28x28 MNIST test digits as PNGs in turn, for --seconds per concurrency level; wrk shares the
-machine's cores with the server. Prints a markdown table and each configuration's throughput against
-batching off.
+Starts `imgclf serve RUN` on a loopback port once per configuration: with PyTorch computing the predictions,
+batching off (--max-batch 1), batching on (the defaults), then the image sent as the request body
+(Content-Type: image/png) instead of a multipart upload; then with onnxruntime (the run's ONNX export, made
+first if the run has none), then --workers processes. Each is driven with wrk (one thread, apt-get install
+wrk) posting 100 different 28x28 MNIST test digits as PNGs in turn, for --seconds per concurrency level; wrk
+shares the machine's cores with the server. Prints a markdown table and each configuration's throughput
+against batching off.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import numpy as np
 from PIL import Image
 
 from imgclf.data import load_dataset
+from imgclf.export import export_run
+from imgclf.rundir import read_meta
+from imgclf.runtime import onnx_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 16, 64)
@@ -45,8 +49,11 @@ def main() -> None:
         sys.exit("this benchmark drives the server with wrk: apt-get install wrk")
     images = load_dataset("mnist", args.data_dir).splits["test"].images[:100, 0].numpy()
     pngs = [_png(a) for a in images]
-    configurations = [("batching off", ["--max-batch", "1"], "multipart"), ("batching on", [], "multipart"),
-                      ("+ image body", [], "raw"),
+    if onnx_twin(args.run, read_meta(args.run / "model.json", "train it again")) is None:
+        export_run(args.run, "onnx", out=args.run)
+    torch = ["--runtime", "torch"]
+    configurations = [("batching off", [*torch, "--max-batch", "1"], "multipart"),
+                      ("batching on", torch, "multipart"), ("+ image body", torch, "raw"), ("+ onnxruntime", [], "raw"),
                       (f"+ {args.workers} workers", ["--workers", str(args.workers)], "raw")]
     rows = {}
     for name, flags, body in configurations:

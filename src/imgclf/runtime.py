@@ -5,6 +5,7 @@ so `predict` and `evaluate` take it wherever they take a run directory."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 import zipfile
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import load_model, read_meta, sha256
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".onnx", ".torchscript.pt")
 
@@ -85,6 +88,26 @@ def load_exported(path: str | Path) -> tuple[ExportedModel, dict]:
         raise ImgclfError(f"{path} does not match the checksum in {meta_path.name}: the file is damaged or was "
                           "replaced. Export it again.")
     return ExportedModel(path), meta
+
+
+def onnx_twin(run: Path, meta: dict) -> ExportedModel | None:
+    """The run's ONNX export (RUN/model.onnx) if it was made from these very weights, in float32 with the same
+    input, and onnxruntime is installed: it computes the same probabilities (export checks parity) several times
+    faster than PyTorch on a CPU for small models. None otherwise (a stale export is logged)."""
+    path = run / "model.onnx"
+    if not path.is_file():
+        return None
+    try:
+        model, exported = load_exported(path)
+    except ImgclfError as err:
+        log.warning("not using %s: %s", path, err)
+        return None
+    if (exported["source"]["sha256"] != meta["sha256"] or exported["quantize"]
+            or exported["normalization_embedded"] or exported["preprocess"] != meta["preprocess"]):
+        log.warning("not using %s: it was exported from other weights or with another input; export the run again "
+                    "to serve it with onnxruntime.", path)
+        return None
+    return model
 
 
 def device_for(model: torch.nn.Module | ExportedModel, device: str) -> torch.device:

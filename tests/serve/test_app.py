@@ -26,6 +26,7 @@ from serving_helpers import encode, serving, serving_app, start_server, tiny_run
 
 from imgclf.cli import main
 from imgclf.data import load_dataset
+from imgclf.export import export_run
 from imgclf.predict import predict_files
 from imgclf.rundir import sha256, update_meta
 from imgclf.serve.app import ServeConfig, Service, create_app
@@ -420,17 +421,39 @@ def test_admin_reload_needs_the_token_stays_in_the_models_folder_and_keeps_servi
         assert answer.json()["model"]["version"] == swapped.json()["version"] == answer.headers["x-model-version"]
 
 
+def test_a_run_with_a_current_onnx_export_is_served_by_onnxruntime(mnist_run, digits, tmp_path):
+    run = shutil.copytree(mnist_run, tmp_path / "run")
+    export_run(run, "onnx", out=run)
+    pngs = [path.read_bytes() for path in digits[1][:8]]
+    answers = {}
+    for runtime in ("auto", "torch"):
+        with serving(run, runtime=runtime, feedback_db=None) as url, httpx.Client(base_url=url) as client:
+            served = client.get("/v1/model").json()["runtime"]
+            answers[served] = [client.post("/v1/predict", content=png, headers={"content-type": "image/png"}).json()
+                               for png in pngs]
+    assert set(answers) == {"onnxruntime", "torch"}
+    for fast, slow in zip(answers["onnxruntime"], answers["torch"], strict=True):
+        assert fast["label"] == slow["label"] and fast["model"] == slow["model"]
+        assert fast["top"][0]["probability"] == pytest.approx(slow["top"][0]["probability"], abs=1e-5)
+    weights = load_file(run / "model.safetensors")
+    weights["head.bias"] = weights["head.bias"] + 0.01  # trained further after the export: the export is stale
+    save_file(weights, run / "model.safetensors")
+    update_meta(run, sha256=sha256(run / "model.safetensors"))
+    with serving(run, feedback_db=None) as url:
+        assert httpx.get(f"{url}/v1/model").json()["runtime"] == "torch"
+
+
 def test_a_reload_that_fails_without_a_message_is_still_a_422(tmp_path, monkeypatch):
     models = tmp_path / "models"
     first, _ = (tiny_run(models / name, ["a", "b"], 1, 28) for name in ("first", "second"))
     load = Service.load
 
-    def failing(path):
+    def failing(service, path):
         if Path(path).name == "second":
             raise RuntimeError()  # some libraries raise errors with no message at all
-        return load(path)
+        return load(service, path)
 
-    monkeypatch.setattr(Service, "load", staticmethod(failing))
+    monkeypatch.setattr(Service, "load", failing)
     with serving(first, admin_token="s3cret", models_dir=str(models)) as url:
         answer = httpx.post(f"{url}/admin/reload", json={"run": "second"}, headers={"authorization": "Bearer s3cret"})
     assert answer.status_code == 422 and "cannot load 'second' (RuntimeError)" in answer.json()["error"]

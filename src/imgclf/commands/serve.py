@@ -69,6 +69,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="decoded pixels of all the images of one request, beyond: 413 (default 2x 4096x4096)")
     serve.add_argument("--max-explains", type=positive, default=2,
                        help="explanations admitted at once (one computes, the others wait), beyond: 503 (default 2)")
+    serve.add_argument("--runtime", choices=["auto", "torch"], default="auto",
+                       help="auto (default): a run's current ONNX export (imgclf export RUN) computes the predictions "
+                            "with onnxruntime, several times faster on a CPU; torch: always PyTorch")
     serve.set_defaults(run=_serve)
 
 
@@ -111,15 +114,15 @@ def _serve(args: argparse.Namespace) -> None:
                          body_timeout_s=args.body_timeout_s, max_connections=args.max_connections,
                          max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args),
                          max_aspect=args.max_aspect, max_request_pixels=args.max_request_pixels,
-                         max_explains=args.max_explains)
+                         max_explains=args.max_explains, runtime=args.runtime)
     options = {"log_level": "debug" if args.verbose else "warning", "timeout_graceful_shutdown": 30}
     if args.workers == 1:
+        torch.set_num_threads(args.threads)  # before the model loads: onnxruntime takes as many
         app = create_app(args.run_dir, config)
         _started(args)
         # SIGTERM: uvicorn stops accepting, finishes in-flight requests and runs the app's shutdown, then re-raises
         # the signal to the handler it found; a no-op one lets the command end with status 0 (a normal stop)
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        torch.set_num_threads(args.threads)
         uvicorn.Server(server_config(app, config, args.host, args.port, **options)).run()
         return
     # several processes on one socket (uvicorn's supervisor, as uvicorn.run starts it; SIGTERM stops them all

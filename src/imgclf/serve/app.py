@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException
 from imgclf.data.transforms import GRAY_MODES, Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
 from imgclf.rundir import preprocess_of
-from imgclf.runtime import open_model
+from imgclf.runtime import ExportedModel, onnx_twin, open_model
 from imgclf.serve.batcher import Batcher, Overloaded
 from imgclf.serve.feedback import FeedbackStore, StoreError, StoreFull
 from imgclf.serve.recent import Recent, Remembered
@@ -82,6 +82,7 @@ class ServeConfig:
     admin_token: str | None = None  # enables POST /admin/reload (off when None)
     models_dir: str = "runs"  # the only folder reload takes runs from
     recent_db: str | None = None  # where the remembered predictions live (shared by workers); None: a temp file
+    runtime: str = "auto"  # auto: a run's current ONNX export computes predictions (onnxruntime); torch: PyTorch
     feedback_token: str | None = None  # when set, POST /v1/feedback needs it (Authorization: Bearer)
     feedback_per_minute: float = 60.0  # feedback posts per client address, in bursts of as many (429 beyond)
     feedback_max_rows: int = 100_000  # corrections the feedback store may hold (507 beyond)
@@ -112,6 +113,8 @@ class ServeConfig:
             raise ImgclfError(f"serving limits must be positive numbers (max_wait_ms may be 0): {', '.join(bad)}.")
         if not self.max_aspect >= 1:
             raise ImgclfError(f"max_aspect must be at least 1 (1: square images only), got {self.max_aspect}.")
+        if self.runtime not in ("auto", "torch"):
+            raise ImgclfError(f"runtime must be auto or torch, got {self.runtime!r}.")
         if self.invert not in ("none", "auto", "always"):
             raise ImgclfError(f"invert must be none, auto or always, got {self.invert!r}.")
         if self.allowed_hosts is not None and not all(self.allowed_hosts):
@@ -394,6 +397,11 @@ class Loaded:
     meta: dict
     preprocess: Preprocess
     name: str
+    onnx: ExportedModel | None = None  # the run's own ONNX export, which computes predictions when present
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.onnx or isinstance(self.model, ExportedModel) else "torch"
 
     @property
     def classes(self) -> list[str]:
@@ -420,7 +428,7 @@ class Job:
     """One image for the batcher: its model input, the model it started under, and what to remember of it under
     `prediction_id` (None: nothing)."""
 
-    x: torch.Tensor
+    x: torch.Tensor  # uint8, the model's size and channels
     loaded: Loaded
     image: bytes
     inverted: bool
@@ -459,15 +467,16 @@ class Service:
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix="imgclf-explain")  # off the inference thread
         self.explaining = asyncio.Semaphore(config.max_explains)
 
-    @staticmethod
-    def load(path: str | Path) -> Loaded:
-        """A model, its metadata and preprocessing, warmed up by one inference."""
+    def load(self, path: str | Path) -> Loaded:
+        """A model, its metadata and preprocessing, warmed up by one inference; a run directory's predictions are
+        computed by its ONNX export when it has a current one (and the runtime is auto)."""
         model, meta = open_model(path)
-        model, preprocess = model.eval(), preprocess_of(meta)
+        onnx = onnx_twin(Path(path), meta) if self.config.runtime == "auto" and Path(path).is_dir() else None
+        loaded = Loaded(model.eval(), meta, preprocess_of(meta),
+                        meta["architecture"]["name"] if "architecture" in meta else Path(path).name, onnx)
         with torch.inference_mode():
-            model(torch.zeros(1, preprocess.channels, *preprocess.size))
-        return Loaded(model, meta, preprocess, meta["architecture"]["name"] if "architecture" in meta
-                      else Path(path).name)
+            (onnx or loaded.model)(torch.zeros(1, loaded.preprocess.channels, *loaded.preprocess.size))
+        return loaded
 
     async def reload(self, body: dict) -> dict:
         """Swap in another run of the models folder once it has loaded and warmed up; on any failure the
@@ -511,7 +520,8 @@ class Service:
         results: list[list[float]] = []
         with torch.inference_mode():
             for loaded, group in itertools.groupby(jobs, key=lambda job: job.loaded):
-                logits = loaded.model(torch.stack([job.x for job in group])).float()
+                x = loaded.preprocess.normalize(torch.stack([job.x for job in group]).float() / 255)  # = preprocess
+                logits = (loaded.onnx or loaded.model)(x).float()
                 results += torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
         kept = [(job.prediction_id, Remembered(job.image, job.loaded.classes[max(range(len(probs)),
                                                                                      key=probs.__getitem__)],
@@ -522,8 +532,9 @@ class Service:
         return results
 
     async def prepare(self, data: bytes, loaded: Loaded, deadline: Deadline) -> tuple[torch.Tensor, bool]:
-        """Image bytes -> the (C, H, W) float input the model takes, with its saved preprocessing, and whether
-        the image was inverted; only small images are read on the event loop, others in the decoding pool."""
+        """Image bytes -> the uint8 (C, H, W) image at the model's size and channels (normalized with the rest of
+        its batch), and whether the image was inverted; only small images are read on the event loop, others in
+        the decoding pool."""
         if len(data) > INLINE_BYTES:
             return await self.decoding(deadline, self._prepare, data, loaded, deadline)
         image = open_image(data, self.config, loaded.side)
@@ -536,7 +547,7 @@ class Service:
             image = open_image(image, self.config, loaded.side)
         pixels = pixels_of(image, loaded.side, deadline)
         invert = self._inverts(pixels)
-        return loaded.preprocess((255 - pixels if invert else pixels).unsqueeze(0))[0], invert
+        return loaded.preprocess.prepare(255 - pixels if invert else pixels), invert
 
     async def decoding(self, deadline: Deadline, work: Callable[..., T], *args: object) -> T:
         """work(*args) in the decoding pool; a 504 when `deadline` passes first (work not yet started is dropped)."""
@@ -862,7 +873,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         return {"name": loaded.name, "version": loaded.version, "classes": loaded.classes,
                 "input": loaded.preprocess.to_dict(), "temperature": loaded.meta.get("temperature", 1.0),
                 "metrics": loaded.meta.get("metrics", {}), "invert": config.invert,
-                "page": page_of(loaded.preprocess),
+                "page": page_of(loaded.preprocess), "runtime": loaded.runtime,
                 "feedback": "off" if service.store is None else "token" if config.feedback_token else "open"}
 
     @app.get("/", include_in_schema=False)
