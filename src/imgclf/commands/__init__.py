@@ -12,6 +12,7 @@ from imgclf.commands import (
     predict,
     retrain,
     robustness,
+    runs,
     serve,
     study,
     summary,
@@ -19,5 +20,5 @@ from imgclf.commands import (
     tune,
 )
 
-COMMANDS = (data, summary, train, tune, evaluate, cv, export, explain, robustness, predict, serve, feedback, retrain,
-            study, config, models)  # in the order `imgclf --help` lists them
+COMMANDS = (data, summary, train, tune, evaluate, runs, cv, export, explain, robustness, predict, serve, feedback,
+            retrain, study, config, models)  # in the order `imgclf --help` lists them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,21 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 .note{color:#555;font-size:.9em}section{margin-bottom:2em}"""
 
 
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links somewhere: its text and href (a relative path or URL)."""
+
+    text: str
+    href: str
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
-    """An HTML table; floats shown with 4 decimals, None as a dash."""
+    """An HTML table; floats shown with 4 decimals, None as a dash, a Link as a link."""
     def cell(value: object) -> str:
         if value is None:
             return "&ndash;"
+        if isinstance(value, Link):
+            return f'<a href="{escape(value.href)}">{escape(value.text)}</a>'
         return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
