@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev,export,tune,explain,serve,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export,tune,explain,serve,postgres,track]"
 	touch $@
 
 demo: setup

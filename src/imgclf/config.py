@@ -52,6 +52,7 @@ Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Schedule = Literal["constant", "step", "plateau", "cosine", "onecycle"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Attack = Literal["none", "fgsm", "pgd"]
+Tracker = Literal["tensorboard"]  # experiment trackers (mlflow is planned)
 FolderName = Annotated[str, Rule(is_plain_name, "a plain folder name (no /, \\ or ..; the parent is out)")]
 
 # Each key's meaning is the comment beside its field (continued on comment lines below it): `imgclf config show`.
@@ -137,6 +138,8 @@ class TrainConfig:
 class Config:
     name: FolderName | None = None  # run name (default: <model>-<dataset>-<time>)
     out: str = "runs"  # parent folder of run directories
+    track: list[Tracker] = field(default_factory=list)  # experiment trackers to log into, e.g. [tensorboard]: event
+    # files in the run's tensorboard/ folder (pip install 'imgclf[track]')
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -269,6 +272,10 @@ def _check(value: object, hint: object, key: str) -> object:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option in options:
         base, *rules = typing.get_args(option) if typing.get_origin(option) is Annotated else (option,)
+        if typing.get_origin(base) is list:  # each item checked against the item type
+            if isinstance(value, list):
+                return [_check(item, typing.get_args(base)[0], key) for item in value]
+            continue
         converted = _convert(value, base)
         if converted is _MISMATCH:
             continue
@@ -314,6 +321,10 @@ def _type_name(option: object) -> str:
     base = typing.get_args(option)[0] if typing.get_origin(option) is Annotated else option
     if typing.get_origin(base) is Literal:
         return f"one of {', '.join(map(str, typing.get_args(base)))}"
+    if typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        example = typing.get_args(item)[0] if typing.get_origin(item) is Literal else _type_name(item)
+        return f"a list such as [{example}]"
     return "null" if base is type(None) else getattr(base, "__name__", str(base))
 
 

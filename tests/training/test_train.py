@@ -41,6 +41,7 @@ def test_short_real_mnist_run_writes_a_complete_run_directory(tmp_path, mnist_di
     run = train(_config(tmp_path, mnist_dir, **{"data.subset": 6000, "train.epochs": 2}), progress=False)
     names = {p.name for p in run.path.iterdir()}
     assert {"config.yaml", "model.safetensors", "model.json", "state.pt", "metrics.csv", "summary.json"} <= names
+    assert "tensorboard" not in names  # tracking is off unless asked for
     assert run.summary.test_acc > 0.9 and run.history[-1]["val_acc"] > 0.9  # chance is 0.1
     rows = list(csv.DictReader((run.path / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and {"train_loss", "val_acc", "lr", "seconds"} <= set(rows[0])

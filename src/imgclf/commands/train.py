@@ -19,7 +19,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
         description="Train a model. Any config key can be set as --section.key VALUE, e.g. --train.lr 0.01 "
                     "--model.options '{layers: 10}' (imgclf config show lists every key).")
     config_options(training, ("dataset", "model", "data-dir", "epochs", "time", "device", "name", "out",
-                              "adversarial", "eps", "noise"), own=True)
+                              "adversarial", "eps", "noise", "track"), own=True)
     training.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly where it stopped")
     training.set_defaults(run=_train, overrides=True)
 

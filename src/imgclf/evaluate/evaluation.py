@@ -31,6 +31,7 @@ from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
+from imgclf.tracking import open_tracker
 from imgclf.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,7 @@ def evaluate(predictions: Predictions, *, resamples: int = 1000, seed: int = 0) 
                      "ece_uncalibrated": metrics.calibration(raw, targets)["ece"],
                      "log_loss_uncalibrated": metrics.log_loss(raw, targets)},
         efficiency=predictions.efficiency, training=training_record(run.folder),
-        misclassified=_misclassified(probs, targets, classes),
+        misclassified=misclassified(probs, targets, classes),
         robustness=None if robust is None else {**robust.to_json(), "headline": robust.headline.to_json()},
         tta=predictions.tta, notes=input_notes(data.split, preprocess_of(run.meta)) + (
             ["scored with test-time augmentation: the mean of each image's and its mirror image's logits (latency "
@@ -456,18 +457,35 @@ def evaluate_run(run: str | Path, on: ScoreOn = ScoreOn(), *, calibrate: bool = 
     predictions = predict(opened, latency_runs=latency_runs, tta=tta, progress=progress)
     report = evaluate(predictions, resamples=resamples, seed=seed)
     folder = opened.folder
+    if not opened.exported:
+        track_report(report, folder)
     out = Path(out) if out else folder / f"report-{opened.path.name}" if opened.exported else folder
     return report, write_report(report, predictions, out)
 
 
-def _misclassified(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> list[dict]:
-    """Wrong predictions with the highest loss first (the most confidently wrong)."""
+def track_report(report: EvalReport, folder: Path) -> None:
+    """Add the report's headline metrics to the trackers the run was trained with (if any), at its last step."""
+    config, summary = run_config(folder), RunSummary.read(folder)
+    if config is None or not config.track:
+        return
+    ci, prefix = report.confidence_intervals, f"evaluate/{report.dataset}/{report.split}"
+    tracker = open_tracker(config.track, folder)
+    tracker.scalars(summary.steps if summary else 0, {
+        f"{prefix}/accuracy": report.accuracy, f"{prefix}/accuracy_low": ci["accuracy"][0],
+        f"{prefix}/accuracy_high": ci["accuracy"][1], f"{prefix}/macro_f1": report.macro["f1"],
+        f"{prefix}/top_{report.top_k['k']}_accuracy": report.top_k["accuracy"], f"{prefix}/log_loss": report.log_loss,
+        f"{prefix}/ece": report.calibration["ece"]})
+    tracker.close()
+
+
+def misclassified(probs: np.ndarray, targets: np.ndarray, classes: list[str], limit: int = GALLERY) -> list[dict]:
+    """The `limit` wrong predictions with the highest loss, highest first (the most confidently wrong)."""
     predicted = probs.argmax(axis=1)
     loss = -np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-15, 1))
     wrong = np.flatnonzero(predicted != targets)
     return [{"index": int(i), "true": classes[targets[i]], "predicted": classes[predicted[i]],
              "confidence": float(probs[i, predicted[i]]), "loss": float(loss[i])}
-            for i in wrong[np.argsort(-loss[wrong], kind="stable")][:GALLERY]]
+            for i in wrong[np.argsort(-loss[wrong], kind="stable")][:limit]]
 
 
 def _figures(report: EvalReport, predictions: Predictions) -> dict[str, bytes]:

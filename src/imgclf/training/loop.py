@@ -27,6 +27,7 @@ from imgclf.errors import ImgclfError, first_line
 from imgclf.models import model_entry
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, load_model, save_model
+from imgclf.tracking import OFF, check_trackers, open_tracker
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
 from imgclf.training.parts import build_parts
 from imgclf.training.recipe import resolve
@@ -156,6 +157,7 @@ def check_settings(config: Config) -> None:
     """The config's values (config.py's rules), its model and its time budget, before anything is loaded or
     written."""
     check_config(config)
+    check_trackers(config.track)
     if config.model.name != "auto":
         model_entry(config.model.name)
     if config.train.time is not None and parse_duration(config.train.time) <= 0:
@@ -183,6 +185,7 @@ class Trainer:
         self.partial = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: list[dict] = []
         self.best: dict = {}
+        self.tracker = OFF  # open while fit runs, on rank 0
 
     def save_membership(self) -> None:
         """data.json: which files each split holds, to evaluate the run anywhere (image folders only)."""
@@ -241,8 +244,26 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, started: float, max_steps: int | None) -> Run:
-        cfg = self.config.train
-        self.session_start, steps_at_start, stop = time.monotonic(), self.step, None
+        try:
+            self._open_tracker()
+            return self._fit(started, max_steps)
+        finally:
+            self.tracker.close()
+            self.tracker = OFF
+
+    def _open_tracker(self) -> None:
+        """Rank 0 logs into the trackers the config names; a new run starts with its settings and model graph."""
+        if not self.group.main:
+            return
+        self.tracker = open_tracker(self.config.track, self.folder, self.step + 1 if self.step else None)
+        if not self.step:
+            pre = self.parts.preprocess
+            self.tracker.start(self.config, self.parts.model,
+                               torch.zeros(1, pre.channels, *pre.size, device=self.parts.device))
+
+    def _fit(self, started: float, max_steps: int | None) -> Run:
+        cfg, steps_at_start, stop = self.config.train, self.step, None
+        self.session_start = time.monotonic()
         previous = self._catch_signals()
         try:
             while self.step < self.parts.total_steps and not stop:
@@ -329,6 +350,8 @@ class Trainer:
                 for saved, buffer in zip(buffers, parts.model.buffers(), strict=True):
                     buffer.copy_(saved)
         else:
+            self.tracker.scalars(self.step + 1, {"step/loss": loss_sum / count,
+                                                 "step/lr": parts.optimizer.param_groups[-1]["lr"]})
             parts.update(loss)
             if self.ema:
                 self.ema.update_parameters(parts.model)
@@ -377,6 +400,8 @@ class Trainer:
                **self.validate(), "lr": self.parts.optimizer.param_groups[-1]["lr"],
                "seconds": round(self.elapsed_now(), 2)}
         self.history.append(row)
+        self.tracker.scalars(row["step"], {f"epoch/{key}": value for key, value in row.items()
+                                           if key not in ("epoch", "step", "seconds")})
         if complete:  # a fractional epoch keeps its place, so a longer resumed run finishes that same epoch
             self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
         if not self.parts.per_step:
@@ -406,10 +431,14 @@ class Trainer:
 
     def _scores(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
         """Summed cross-entropy and number right of `model` (put in eval mode) on `split`."""
-        logits = torch.from_numpy(predict_logits(model, split, self.parts.preprocess, self.parts.device,
-                                                 num_workers=self.config.data.num_workers))
+        logits = self._logits(model, split)
         return (F.cross_entropy(logits, split.labels, reduction="sum").item(),
                 float((logits.argmax(1) == split.labels).sum()))
+
+    def _logits(self, model: torch.nn.Module, split: Split) -> torch.Tensor:
+        """(N, K) logits of `model` (put in eval mode) on `split`, on the CPU."""
+        return torch.from_numpy(predict_logits(model, split, self.parts.preprocess, self.parts.device,
+                                               num_workers=self.config.data.num_workers))
 
     def _keep_if_best(self, row: dict) -> bool:
         """Save model.safetensors when the monitored value improves (the latest weights without validation)."""
@@ -452,13 +481,15 @@ class Trainer:
             threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
             train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
             skipped_steps=self.skipped, train_images=len(self.parts.train_split),
-            val_images=len(self.parts.val_split or ()), test_acc=self._test_accuracy() if tested else None)
+            val_images=len(self.parts.val_split or ()), test_acc=self._test() if tested else None)
         if self.group.main:
             summary.save(self.folder / "summary.json")
         return Run(self.folder, self.config, self.history, summary)
 
-    def _test_accuracy(self) -> float:
-        """Accuracy of the saved (best) model on the test split: reported, never used for any choice."""
+    def _test(self) -> float:
+        """Accuracy of the saved (best) model on the test split: reported and tracked, never used for any choice."""
         model, _ = load_model(self.folder)
         test = self.parts.dataset.split("test")
-        return self._scores(model.to(self.parts.device), test)[1] / len(test)
+        logits = self._logits(model.to(self.parts.device), test)
+        self.tracker.test(self.step, logits, test, self.parts.dataset.classes, self.parts.preprocess)
+        return float((logits.argmax(1) == test.labels).sum()) / len(test)
