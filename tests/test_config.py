@@ -93,7 +93,7 @@ def test_config_show_lists_every_key_with_value_default_and_meaning(capsys, tmp_
     ({"data.val_fraction": 0.5, "data.test_fraction": 0.5}, "data.val_fraction and data.test_fraction must leave "
                                                             "training images"),
     ({"data.folds": 3, "data.fold": 3}, "data.fold must be in 0..folds-1 (0 to 2), got 3."),
-    ({"track": ["mlflow"]}, "config key track must be one of tensorboard, got 'mlflow'."),
+    ({"track": ["wandb"]}, "config key track must be one of tensorboard, mlflow, got 'wandb'."),
     ({"track": "tensorboard"}, "config key track must be a list such as [tensorboard], got 'tensorboard'."),
 ])
 def test_allowed_values_and_ranges_are_checked_where_a_config_is_built(overrides, message):

@@ -52,7 +52,7 @@ Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Schedule = Literal["constant", "step", "plateau", "cosine", "onecycle"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Attack = Literal["none", "fgsm", "pgd"]
-Tracker = Literal["tensorboard"]  # experiment trackers (mlflow is planned)
+Tracker = Literal["tensorboard", "mlflow"]  # experiment trackers
 FolderName = Annotated[str, Rule(is_plain_name, "a plain folder name (no /, \\ or ..; the parent is out)")]
 
 # Each key's meaning is the comment beside its field (continued on comment lines below it): `imgclf config show`.
@@ -138,8 +138,10 @@ class TrainConfig:
 class Config:
     name: FolderName | None = None  # run name (default: <model>-<dataset>-<time>)
     out: str = "runs"  # parent folder of run directories
-    track: list[Tracker] = field(default_factory=list)  # experiment trackers to log into, e.g. [tensorboard]: event
-    # files in the run's tensorboard/ folder (pip install 'imgclf[track]')
+    track: list[Tracker] = field(default_factory=list)  # experiment trackers to log into, e.g. [tensorboard, mlflow]:
+    # event files in the run's tensorboard/ folder, a run in MLflow (pip install 'imgclf[track]')
+    track_uri: str | None = None  # MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI,
+    # else MLflow's default, ./mlflow.db in MLflow 3)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

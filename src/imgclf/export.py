@@ -20,7 +20,7 @@ from torch import nn
 from imgclf import __version__
 from imgclf.data import Preprocess, Split, batches
 from imgclf.errors import ImgclfError, first_line
-from imgclf.evaluate.evaluation import eval_data, timings
+from imgclf.evaluate.evaluation import eval_data, run_tracker, timings
 from imgclf.evaluate.metrics import softmax
 from imgclf.models import Classifier
 from imgclf.predict import predict_logits
@@ -103,7 +103,11 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             "dataset": meta.get("dataset"), "source": {"run": str(folder.resolve()), "sha256": meta["sha256"]},
             "sha256": sha256(path), "exported": datetime.now(timezone.utc).isoformat(),
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
-    return write_meta(path.with_name(path.name + ".json"), info), path
+    written = write_meta(path.with_name(path.name + ".json"), info)
+    tracker = run_tracker(folder)[0]  # a tracked run keeps its exports beside its other files
+    tracker.files([path, path.with_name(path.name + ".json")])
+    tracker.close()
+    return written, path
 
 
 def _check_options(fmt: str, quantize: str | None, opset: int) -> None:

@@ -22,6 +22,7 @@ from imgclf.database import database_url, without_password
 from imgclf.errors import ImgclfError, first_line
 from imgclf.files import plain_name
 from imgclf.rundir import atomic_write
+from imgclf.tracking import study_tracker
 
 log = logging.getLogger(__name__)
 
@@ -169,24 +170,29 @@ def tune(config: Config, space: dict, *, sampler: str = "tpe", pruner: str = "me
         study_name=folder.name, storage=_storage(storage, folder), load_if_exists=True, direction=direction,
         sampler=_sampler(optuna, sampler, searched, seed), pruner=_pruner(optuna, pruner, config, space))
     _same_study(study_obj, config, space, folder)
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = total - len(study_obj.get_trials(deepcopy=False, states=done))
-    if remaining <= 0:
-        log.info("study %s already has %d finished trial(s): nothing to run", folder.name, total - remaining)
-    else:
-        log.info("study %s: %d trial(s) to run (%d done), %s sampler, %s pruner", folder.name, remaining,
-                 total - remaining, sampler, pruner)
-        training_log = logging.getLogger("imgclf.training")
-        level = training_log.level
-        if not log.isEnabledFor(logging.DEBUG):
-            training_log.setLevel(logging.WARNING)  # one line per trial, not one per epoch (-v shows them)
-        try:
-            study_obj.optimize(_objective(config, searched, fixed, folder, progress), n_trials=remaining,
-                               timeout=timeout, catch=(ImgclfError, torch.cuda.OutOfMemoryError),
-                               callbacks=[optuna.study.MaxTrialsCallback(total, states=done), _report])
-        finally:
-            training_log.setLevel(level)
-    return _write_results(study_obj, config, searched, fixed, folder)
+    with study_tracker(config, folder.name, study_obj.user_attrs.get("mlflow_run_id")) as parent:
+        if parent.run_id:  # trials tracked into MLflow nest under the study's run, in every session
+            study_obj.set_user_attr("mlflow_run_id", parent.run_id)
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        remaining = total - len(study_obj.get_trials(deepcopy=False, states=done))
+        if remaining <= 0:
+            log.info("study %s already has %d finished trial(s): nothing to run", folder.name, total - remaining)
+        else:
+            log.info("study %s: %d trial(s) to run (%d done), %s sampler, %s pruner", folder.name, remaining,
+                     total - remaining, sampler, pruner)
+            training_log = logging.getLogger("imgclf.training")
+            level = training_log.level
+            if not log.isEnabledFor(logging.DEBUG):
+                training_log.setLevel(logging.WARNING)  # one line per trial, not one per epoch (-v shows them)
+            try:
+                study_obj.optimize(_objective(config, searched, fixed, folder, progress), n_trials=remaining,
+                                   timeout=timeout, catch=(ImgclfError, torch.cuda.OutOfMemoryError),
+                                   callbacks=[optuna.study.MaxTrialsCallback(total, states=done), _report])
+            finally:
+                training_log.setLevel(level)
+        result = _write_results(study_obj, config, searched, fixed, folder)
+        parent.scalars(0, {f"best/{config.train.monitor}": result["best"]["value"]})
+    return result
 
 
 def check_space(config: Config, space: dict) -> None:

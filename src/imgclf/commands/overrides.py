@@ -38,8 +38,9 @@ SHORTCUTS = {
                             choices=typing.get_args(Attack)),
     "eps": Shortcut("train.eps", "adversarial training budget, L-inf in [0, 1] pixels (train.eps)", float),
     "noise": Shortcut("data.noise", "noise augmentation: gaussian std up to this (data.noise)", float),
-    "track": Shortcut("track", "experiment trackers to log into, comma-separated: tensorboard (track)",
+    "track": Shortcut("track", "experiment trackers to log into, comma-separated: tensorboard, mlflow (track)",
                       lambda text: [name.strip() for name in text.split(",") if name.strip()]),
+    "track-uri": Shortcut("track_uri", "MLflow tracking URI (default $MLFLOW_TRACKING_URI) (track_uri)"),
 }
 
 

@@ -19,7 +19,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
         description="Train a model. Any config key can be set as --section.key VALUE, e.g. --train.lr 0.01 "
                     "--model.options '{layers: 10}' (imgclf config show lists every key).")
     config_options(training, ("dataset", "model", "data-dir", "epochs", "time", "device", "name", "out",
-                              "adversarial", "eps", "noise", "track"), own=True)
+                              "adversarial", "eps", "noise", "track", "track-uri"), own=True)
     training.add_argument("--resume", type=Path, metavar="RUN", help="continue this run exactly where it stopped")
     training.set_defaults(run=_train, overrides=True)
 
@@ -72,6 +72,8 @@ def _train(args: argparse.Namespace) -> None:
         print(f"no validation split: the final weights are saved to {run.path / 'model.safetensors'}")
     if summary.test_acc is not None:
         print(f"test accuracy {summary.test_acc:.4f} (the saved model on the test split)")
+    if summary.mlflow_run_id:
+        print(f"MLflow run: {summary.mlflow_run_id}")
     if summary.stopped is StopReason.INTERRUPTED:
         raise SystemExit(130)  # saved and resumable, but not finished: tell scripts so
 

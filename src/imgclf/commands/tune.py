@@ -14,7 +14,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
         "tune", parents=[parents.logs], help="hyperparameter search (Optuna): grid, random or TPE, with pruning",
         description="Search a space of config values; every trial is a run directory selected on validation. "
                     "Takes the same options as train for the base config.")
-    config_options(tune, ("dataset", "model", "data-dir", "epochs", "device", "out"))
+    config_options(tune, ("dataset", "model", "data-dir", "epochs", "device", "out", "track", "track-uri"))
     tune.add_argument("--space", default="auto", help="auto (the default: lr, weight decay, batch size and dropout "
                                                        "around the model's settings), paper (Table III, for MNIST) "
                                                        "or a YAML file of key: choices/ranges")

@@ -31,7 +31,7 @@ from imgclf.models import Classifier, create_model, summarize
 from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
-from imgclf.tracking import open_tracker
+from imgclf.tracking import OFF, Tracker, open_tracker
 from imgclf.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -457,24 +457,35 @@ def evaluate_run(run: str | Path, on: ScoreOn = ScoreOn(), *, calibrate: bool = 
     predictions = predict(opened, latency_runs=latency_runs, tta=tta, progress=progress)
     report = evaluate(predictions, resamples=resamples, seed=seed)
     folder = opened.folder
-    if not opened.exported:
-        track_report(report, folder)
     out = Path(out) if out else folder / f"report-{opened.path.name}" if opened.exported else folder
-    return report, write_report(report, predictions, out)
+    html = write_report(report, predictions, out)
+    if not opened.exported:
+        track_report(report, folder, [html, out / "report.json"])
+    return report, html
 
 
-def track_report(report: EvalReport, folder: Path) -> None:
-    """Add the report's headline metrics to the trackers the run was trained with (if any), at its last step."""
+def run_tracker(folder: Path) -> tuple[Tracker, int]:
+    """The trackers the run in `folder` was trained with (OFF for none), for a later command to add to; and the
+    run's last step."""
     config, summary = run_config(folder), RunSummary.read(folder)
     if config is None or not config.track:
-        return
+        return OFF, 0
+    return (open_tracker(config, folder, run_id=summary.mlflow_run_id if summary else None, ended=True),
+            summary.steps if summary else 0)
+
+
+def track_report(report: EvalReport, folder: Path, files: list[Path]) -> None:
+    """Add the report's headline metrics with their 95% intervals, and its `files`, to the trackers the run was
+    trained with (if any), at its last step."""
+    tracker, step = run_tracker(folder)
     ci, prefix = report.confidence_intervals, f"evaluate/{report.dataset}/{report.split}"
-    tracker = open_tracker(config.track, folder)
-    tracker.scalars(summary.steps if summary else 0, {
+    tracker.scalars(step, {
         f"{prefix}/accuracy": report.accuracy, f"{prefix}/accuracy_low": ci["accuracy"][0],
         f"{prefix}/accuracy_high": ci["accuracy"][1], f"{prefix}/macro_f1": report.macro["f1"],
+        f"{prefix}/macro_f1_low": ci["macro_f1"][0], f"{prefix}/macro_f1_high": ci["macro_f1"][1],
         f"{prefix}/top_{report.top_k['k']}_accuracy": report.top_k["accuracy"], f"{prefix}/log_loss": report.log_loss,
         f"{prefix}/ece": report.calibration["ece"]})
+    tracker.files(files)
     tracker.close()
 
 

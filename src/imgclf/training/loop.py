@@ -244,18 +244,24 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, started: float, max_steps: int | None) -> Run:
+        ok = False
         try:
             self._open_tracker()
-            return self._fit(started, max_steps)
+            run = self._fit(started, max_steps)
+            ok = True
+            return run
         finally:
-            self.tracker.close()
+            self.tracker.close(ok)
             self.tracker = OFF
 
     def _open_tracker(self) -> None:
-        """Rank 0 logs into the trackers the config names; a new run starts with its settings and model graph."""
+        """Rank 0 logs into the trackers the config names; a new run starts with its settings and model graph, a
+        resumed one continues its MLflow run (summary.json has its id)."""
         if not self.group.main:
             return
-        self.tracker = open_tracker(self.config.track, self.folder, self.step + 1 if self.step else None)
+        before = RunSummary.read(self.folder) if self.step else None
+        self.tracker = open_tracker(self.config, self.folder, self.step + 1 if self.step else None,
+                                    before.mlflow_run_id if before else None)
         if not self.step:
             pre = self.parts.preprocess
             self.tracker.start(self.config, self.parts.model,
@@ -481,9 +487,12 @@ class Trainer:
             threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
             train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
             skipped_steps=self.skipped, train_images=len(self.parts.train_split),
-            val_images=len(self.parts.val_split or ()), test_acc=self._test() if tested else None)
+            val_images=len(self.parts.val_split or ()), test_acc=self._test() if tested else None,
+            mlflow_run_id=self.tracker.run_id)
         if self.group.main:
             summary.save(self.folder / "summary.json")
+            self.tracker.files([self.folder / name for name in ("model.json", "metrics.csv", "summary.json")
+                                if (self.folder / name).is_file()])
         return Run(self.folder, self.config, self.history, summary)
 
     def _test(self) -> float:

@@ -55,12 +55,14 @@ class RunSummary(Result):
     train_images: int | None = None
     val_images: int | None = None
     test_acc: float | None = None  # None when the test split was not scored
+    mlflow_run_id: str | None = None  # the run's MLflow run (tracked into MLflow), for evaluate and resume
 
     def to_json(self) -> dict:
-        """The summary.json object (no best is {}, an unscored test split is left out)."""
+        """The summary.json object (no best is {}; an unscored test split and no MLflow run are left out)."""
         data = {**asdict(self), "stopped": self.stopped.value, "best": asdict(self.best) if self.best else {}}
-        if self.test_acc is None:
-            del data["test_acc"]
+        for key in ("test_acc", "mlflow_run_id"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
