@@ -103,9 +103,10 @@ def export_run(run: str | Path, fmt: str = "onnx", *, quantize: str | None = Non
             "dataset": meta.get("dataset"), "source": {"run": str(folder.resolve()), "sha256": meta["sha256"]},
             "sha256": sha256(path), "exported": datetime.now(timezone.utc).isoformat(),
             "versions": {"imgclf": __version__, "torch": torch.__version__, **_runtime_versions(fmt)}, **report}
-    written = write_meta(path.with_name(path.name + ".json"), info)
+    meta_path = path.with_name(path.name + ".json")
+    written = write_meta(meta_path, info)
     tracker = run_tracker(folder)[0]  # a tracked run keeps its exports beside its other files
-    tracker.files([path, path.with_name(path.name + ".json")])
+    tracker.files([path, meta_path])
     tracker.close()
     return written, path
 

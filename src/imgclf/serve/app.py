@@ -411,6 +411,10 @@ class Loaded:
     def version(self) -> str:
         return self.meta["sha256"][:12]
 
+    def label_of(self, probs: list[float]) -> str:
+        """The class with the highest probability."""
+        return self.classes[max(range(len(probs)), key=probs.__getitem__)]
+
     @property
     def side(self) -> int:
         """The longer side of the model's input, in pixels."""
@@ -447,9 +451,10 @@ class Service:
         self.ready = False
         self.reloading = asyncio.Lock()
         self.registry = CollectorRegistry()
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes of one server: /metrics adds them up
+        shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # worker processes of one server
+        if shared:  # /metrics adds up the numbers every worker keeps in that folder
             MultiProcessCollector(self.registry)
-        registry = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else self.registry
+        registry = None if shared else self.registry
         self.requests = Counter("imgclf_requests", "HTTP requests", ["path", "status"], registry=registry)
         self.latency = Histogram("imgclf_request_seconds", "request latency", ["path"], registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -523,9 +528,8 @@ class Service:
                 x = loaded.preprocess.normalize(torch.stack([job.x for job in group]).float() / 255)  # = preprocess
                 logits = (loaded.onnx or loaded.model)(x).float()
                 results += torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
-        kept = [(job.prediction_id, Remembered(job.image, job.loaded.classes[max(range(len(probs)),
-                                                                                     key=probs.__getitem__)],
-                                               job.loaded.version, job.inverted))
+        kept = [(job.prediction_id, Remembered(job.image, job.loaded.label_of(probs), job.loaded.version,
+                                               job.inverted))
                 for job, probs in zip(jobs, results, strict=True) if job.prediction_id]
         if kept:
             self.recent.add(kept)
@@ -652,8 +656,7 @@ class Service:
         elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
             image = await _base64_off_loop(body["image"])
             probs, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
-            entry = Remembered(image, loaded.classes[max(range(len(probs)), key=probs.__getitem__)], loaded.version,
-                               inverted)
+            entry = Remembered(image, loaded.label_of(probs), loaded.version, inverted)
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
         try:
