@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from imgclf import openset
 from imgclf.data import Preprocess, Split, batches
 from imgclf.data.folder import IMAGE_SUFFIXES
 from imgclf.data.transforms import read_image
 from imgclf.errors import DataError, ImgclfError
-from imgclf.rundir import preprocess_of
+from imgclf.rundir import preprocess_of, run_folder
 from imgclf.runtime import device_for, open_model
 
 
@@ -48,6 +49,8 @@ class Prediction:
     path: Path
     top: list[tuple[str, float]]  # (class, probability); empty when `error` says what went wrong
     error: str | None = None
+    unknown: bool = False  # unlike the training data (predict_files with unknown=True)
+    unknown_score: float | None = None
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:
@@ -71,14 +74,19 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = False, *, batch_size: int = 64,
-                  device: str = "auto", progress: bool = False) -> list[Prediction]:
+                  device: str = "auto", progress: bool = False, unknown: bool = False,
+                  unknown_rate: float | None = None) -> list[Prediction]:
     """For each image in order, the `top` (class, probability) pairs, or the reason it could not be read; `run`
     is a run directory or an exported model file. Images go through the model `batch_size` at a time on
-    `device`; `tta`: averaged with the mirrored image (test-time augmentation)."""
+    `device`; `tta`: averaged with the mirrored image (test-time augmentation). `unknown`: score each image
+    with the run's unknown-input detection and mark those above its threshold (`unknown_rate` of validation
+    images; None: as fitted)."""
     model, meta = open_model(run)
     target = device_for(model, device)
     model = model.to(target).eval()
     preprocess, classes = preprocess_of(meta), meta["classes"]
+    fitted = _open_set(run, model, meta, unknown_rate) if unknown else None
+    threshold = fitted.threshold() if fitted else None
     results = []
     for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch", leave=False,
                       disable=not progress or len(paths) <= batch_size):
@@ -92,10 +100,26 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = 
                 results[-1].error = str(err)
         if images:
             with torch.no_grad():
-                # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
-                logits = forward(model, torch.cat(images).to(target), tta).cpu()
+                x = torch.cat(images).to(target)
+                if fitted:
+                    features, logits = openset.forward(model, x, tta)
+                    scores = fitted.scores(logits, features)[fitted.method].tolist()
+                else:
+                    logits, scores = forward(model, x, tta), [None] * len(read)
+                logits = logits.cpu()
+            # softmax at inference, at the temperature `imgclf evaluate --calibrate` fitted (1: none)
             values, indices = torch.softmax(logits / meta.get("temperature", 1.0), dim=1).topk(
                 min(top, len(classes)), dim=1)
-            for prediction, vs, ix in zip(read, values.tolist(), indices.tolist(), strict=True):
+            for prediction, vs, ix, score in zip(read, values.tolist(), indices.tolist(), scores, strict=True):
                 prediction.top = [(classes[i], float(v)) for v, i in zip(vs, ix, strict=True)]
+                prediction.unknown_score = score
+                prediction.unknown = score is not None and score > threshold
     return results
+
+
+def _open_set(run: str | Path, model: object, meta: dict, rate: float | None) -> openset.OpenSet:
+    """The run's unknown-input detection at `rate`, or one clear error (an export has none)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ImgclfError("--unknown needs the run directory (its unknown-input detection uses the PyTorch model), "
+                          "not an exported model file.")
+    return openset.required(run_folder(run), meta).with_rate(rate)

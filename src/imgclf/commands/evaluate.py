@@ -15,6 +15,14 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN", help="a run directory or an exported model file")
     evaluate.add_argument("--calibrate", action="store_true",
                           help="fit temperature scaling on the run's validation split and save it with the model")
+    evaluate.add_argument("--fit-unknown", action="store_true",
+                          help="fit unknown-input detection on the run's training and validation images and save "
+                               "it with the model (runs trained now have it already)")
+    evaluate.add_argument("--ood", action="append", default=[], metavar="folder:PATH",
+                          help="images of none of the classes (a folder, any layout, or a dataset name): how well "
+                               "the unknown scores tell them apart (AUROC, FPR at 95%% TPR); repeatable")
+    evaluate.add_argument("--unknown-rate", type=float, metavar="SHARE",
+                          help="answer unknown for this share of validation images (default: as fitted, 0.05)")
     evaluate.add_argument("--out", type=Path, help="folder for report.json and report.html (default: the run)")
     evaluate.set_defaults(run=_evaluate)
     compare = commands.add_parser("compare", parents=[parents.scoring],
@@ -31,7 +39,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     r, html = evaluate_run(args.run_dir, score_on(args), calibrate=args.calibrate, resamples=args.resamples,
                            seed=args.seed, latency_runs=args.latency_runs, out=args.out, progress=not args.quiet,
-                           tta=args.tta)
+                           tta=args.tta, fit_unknown_inputs=args.fit_unknown, ood=tuple(args.ood),
+                           unknown_rate=args.unknown_rate)
     ci, eff, temp, fair = r.confidence_intervals, r.efficiency, r.temperature, r.fairness
     print(f"{r.model} on {r.dataset} {r.split} ({r.samples:,} images)")
     print(f"accuracy   {format_interval(r.accuracy, ci['accuracy'])} 95% bootstrap CI")
@@ -48,6 +57,14 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"{eff['throughput']['images_per_second']:,.0f} images/s at batch {eff['throughput']['batch']} "
           f"({eff['device']}, {eff['threads']} threads)")
     print(f"params {eff['params']:,}, FLOPs {eff['flops'] / 1e6:,.2f} M per image")
+    if r.unknown:
+        u = r.unknown
+        print(f"unknown    {u['rejected']:.2%} of these images rejected ({u['method']} score > {u['threshold']:.4g}, "
+              f"{u['rate']:.0%} of validation); accuracy on the rest {u['accepted_accuracy'] or 0:.4f}")
+        for o in u["ood"]:
+            print(f"  vs {o['source']} ({o['images']:,} images): rejected {o['rejected']:.2%}; AUROC / FPR@95%TPR "
+                  + ", ".join(f"{m} {o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in ("mahalanobis", "energy",
+                                                                                           "msp")))
     for note in r.notes:
         print(f"note: {note}")
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")

@@ -27,6 +27,12 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     predict.add_argument("--out", type=Path, help="write the predictions to this file instead of the screen")
     predict.add_argument("--batch-size", type=positive, default=64, help="images per forward pass (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
+    predict.add_argument("--unknown", action="store_true",
+                         help="answer unknown for images unlike the training data (the run's unknown-input "
+                              "detection; see imgclf evaluate --fit-unknown)")
+    predict.add_argument("--unknown-rate", type=float, metavar="SHARE",
+                         help="with --unknown: the share of validation images answered unknown (default: as fitted, "
+                              "0.05)")
     predict.set_defaults(run=_predict)
 
 
@@ -38,7 +44,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ImgclfError(f"no images in {', '.join(map(str, args.images))}; pass image files, folders or patterns.")
     found = predict_files(args.run_dir, paths, args.top, args.tta, batch_size=args.batch_size, device=args.device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, unknown=args.unknown, unknown_rate=args.unknown_rate)
     text = _PREDICTION_FORMATS[args.format](found)
     if args.out:
         atomic_write(args.out, lambda tmp: tmp.write_text(text))
@@ -52,13 +58,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _table(found: list) -> str:
-    return "".join(f"{p.path}: " + (f"error: {p.error}" if p.error else ", ".join(f"{label} {prob:.3f}"
-                                                                                   for label, prob in p.top)) + "\n"
-                   for p in found)
+    return "".join(f"{p.path}: " + (f"error: {p.error}" if p.error else _unknown(p) + ", ".join(
+        f"{label} {prob:.3f}" for label, prob in p.top)) + "\n" for p in found)
+
+
+def _unknown(p) -> str:
+    """How the table says a prediction was rejected as unknown."""
+    return f"unknown (score {p.unknown_score:.4g}); best guesses " if p.unknown else ""
 
 
 def _json(found: list) -> str:
     return json.dumps([{"path": str(p.path), "top": [{"label": label, "probability": prob} for label, prob in p.top],
+                        **({} if p.unknown_score is None else {"unknown": p.unknown, "unknown_score": p.unknown_score}),
                         "error": p.error} for p in found], indent=2) + "\n"
 
 
@@ -66,10 +77,13 @@ def _csv(found: list) -> str:
     top = max((len(p.top) for p in found), default=0)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", *(f"{k}_{i}" for i in range(1, top + 1) for k in ("label", "probability")), "error"])
+    scored = any(p.unknown_score is not None for p in found)
+    writer.writerow(["path", *(f"{k}_{i}" for i in range(1, top + 1) for k in ("label", "probability")),
+                     *(["unknown", "unknown_score"] if scored else []), "error"])
     for p in found:
         cells = [c for label, prob in p.top for c in (label, f"{prob:.6f}")]
-        writer.writerow([p.path, *cells, *[""] * (2 * top - len(cells)), p.error or ""])
+        unknown = [int(p.unknown), "" if p.unknown_score is None else f"{p.unknown_score:.6g}"] if scored else []
+        writer.writerow([p.path, *cells, *[""] * (2 * top - len(cells)), *unknown, p.error or ""])
     return buffer.getvalue()
 
 

@@ -72,6 +72,12 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     serve.add_argument("--runtime", choices=["auto", "torch"], default="auto",
                        help="auto (default): a run's current ONNX export (imgclf export RUN) computes the predictions "
                             "with onnxruntime, several times faster on a CPU; torch: always PyTorch")
+    serve.add_argument("--unknown", action="store_true",
+                       help="answer \"unknown\" (with the score) for images unlike the training data, by the "
+                            "run's unknown-input detection (fitted at training, or by imgclf evaluate --fit-unknown)")
+    serve.add_argument("--unknown-rate", type=float, metavar="SHARE",
+                       help="with --unknown: the share of validation images answered unknown (default: as fitted, "
+                            "0.05); higher rejects more")
     serve.set_defaults(run=_serve)
 
 
@@ -114,7 +120,8 @@ def _serve(args: argparse.Namespace) -> None:
                          body_timeout_s=args.body_timeout_s, max_connections=args.max_connections,
                          max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args),
                          max_aspect=args.max_aspect, max_request_pixels=args.max_request_pixels,
-                         max_explains=args.max_explains, runtime=args.runtime)
+                         max_explains=args.max_explains, runtime=args.runtime, unknown=args.unknown,
+                         unknown_rate=args.unknown_rate)
     options = {"log_level": "debug" if args.verbose else "warning", "timeout_graceful_shutdown": 30}
     if args.workers == 1:
         torch.set_num_threads(args.threads)  # before the model loads: onnxruntime takes as many

@@ -19,16 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclf import openset
 from imgclf.config import Config, load_config
 from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load_dataset, membership, train_val
-from imgclf.errors import ImgclfError
+from imgclf.data.transforms import read_image
+from imgclf.errors import DataError, ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
 from imgclf.evaluate.results import Result
 from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
-from imgclf.predict import predict_logits
+from imgclf.predict import image_paths, predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
 from imgclf.tracking import OFF, Tracker, open_tracker
@@ -36,6 +38,10 @@ from imgclf.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
 GALLERY = 24  # misclassified images shown, highest loss first
+
+
+class NoValidation(ImgclfError):
+    """The run was trained without a validation split."""
 
 
 @dataclass
@@ -148,6 +154,7 @@ class EvalReport(Result):
     tta: bool = False
     notes: list[str] = field(default_factory=list)
     fingerprint: str | None = None  # OpenRun.fingerprint of what was scored (None: not recorded)
+    unknown: dict | None = None  # unknown_section(): rejection on these images and against out-of-distribution ones
 
     @property
     def run_summary(self) -> RunSummary | None:
@@ -172,7 +179,7 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
 
     A run that recorded its files (data.json) reads exactly those, from `data_dir` or a `source` folder that
     holds them when the data has moved. 'val' is the run's own validation split (its fold, or the part carved
-    from the training data)."""
+    from the training data), 'train' what it trained on beside it."""
     # an exported model outside its run finds the run's config through its provenance
     home = _home(folder, meta)
     config = run_config(home)
@@ -195,11 +202,12 @@ def eval_data(folder: Path, meta: dict, source: str | None = None, data_dir: str
                            fractions={"test": 1.0} if whole else config.data.fractions() if config else None,
                            seed=config.data.split_seed if config else 0)
     split = split or _default_split(dataset.name, dataset.splits)
-    if split == "val" and config is not None and not foreign:
+    if split in ("train", "val") and config is not None and not foreign:  # the parts the run trained on
         data = config.data
-        chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds, data.fold)[1]
+        chosen = train_val(dataset, data.subset, data.val_fraction, data.split_seed, data.folds,
+                           data.fold)[split == "val"]
         if chosen is None:
-            raise ImgclfError(f"{folder} was trained without a validation split (data.val_fraction 0), so there "
+            raise NoValidation(f"{folder} was trained without a validation split (data.val_fraction 0), so there "
                               "is no held-out data for it (calibration must not be fitted on the test split); "
                               "train with --data.val_fraction 0.1.")
     elif split in dataset.splits:
@@ -378,12 +386,7 @@ def calibrate_run(run: OpenRun, progress: bool = False) -> dict:
     if run.exported:
         raise ImgclfError("--calibrate works on the run directory: calibrate it, then export again (the export "
                           "carries the temperature).")
-    on = run.on
-    recorded = membership.read(_home(run.folder, run.meta)) if on.source else None
-    moved = _recorded_root(recorded, on.source, None) if recorded else None  # --data naming the run's data moved
-    own_data = moved or (on.data_dir if on.source is None or _same_source(on.source, run.meta.get("dataset"))
-                         else None)
-    data = eval_data(run.folder, run.meta, data_dir=own_data, split="val")
+    data = own_split(run, "val")
     logits = predict_logits(run.model.to(run.device), data.split, preprocess_of(run.meta), run.device,
                             progress=progress)
     temperature = metrics.fit_temperature(logits, data.targets)
@@ -397,6 +400,88 @@ def calibrate_run(run: OpenRun, progress: bool = False) -> dict:
              run.folder / "model.json")
     run.meta.update(temperature=temperature, calibration={"temperature": temperature, **fitted})
     return run.meta["calibration"]
+
+
+def own_split(run: OpenRun, split: str) -> EvalData:
+    """A split of the run's own data (train or val: fitting never uses the test split), wherever `run.on` says
+    that data is now."""
+    on = run.on
+    recorded = membership.read(_home(run.folder, run.meta)) if on.source else None
+    moved = _recorded_root(recorded, on.source, None) if recorded else None  # --data naming the run's data moved
+    own_data = moved or (on.data_dir if on.source is None or _same_source(on.source, run.meta.get("dataset"))
+                         else None)
+    return eval_data(run.folder, run.meta, data_dir=own_data, split=split)
+
+
+def fit_unknown(run: OpenRun) -> openset.OpenSet:
+    """Fit unknown-input detection on the run's training and validation images; saves open_set.safetensors."""
+    if run.exported:
+        raise ImgclfError("--fit-unknown works on the run directory: unknown-input detection needs the PyTorch "
+                          "model's features.")
+    config = run_config(run.folder)
+    method = config.train.open_set if config and config.train.open_set != "off" else openset.METHODS[0]
+    try:
+        val = own_split(run, "val").split
+    except NoValidation:
+        val = None  # fit() holds back some training images instead
+    pre = preprocess_of(run.meta)
+    fitted = openset.fit(run.model.to(run.device), own_split(run, "train").split, val, pre, run.device,
+                         model_sha256=run.meta["sha256"], method=method, seed=config.train.seed if config else 0)
+    fitted.save(run.folder)
+    return fitted
+
+
+def unknown_section(predictions: Predictions, ood: tuple[str, ...] = (), rate: float | None = None) -> dict | None:
+    """How the run's unknown-input detection treats the scored images (the share it rejects, the accuracy on the
+    rest) and, for each source in `ood` (folder:PATH or a dataset name), how well every score tells those
+    images from the scored ones (AUROC, FPR at 95% TPR). None for a run without a fitted detector."""
+    run = predictions.run
+    fitted = None if run.exported else openset.load(run.folder, run.meta)
+    if fitted is None:
+        if ood or rate is not None:
+            raise ImgclfError(f"{run.path} has no unknown-input detection to score: " + (
+                "an exported model has none (evaluate the run directory)." if run.exported else
+                f"fit it with imgclf evaluate {run.folder} --fit-unknown."))
+        return None
+    fitted = fitted.with_rate(rate)
+    pre = preprocess_of(run.meta)
+    known = openset.score_split(run.model, in_memory(run.data.split, pre), pre, run.device, fitted)
+    threshold = fitted.threshold()
+    rejected = known[fitted.method] > threshold
+    correct = predictions.logits.argmax(axis=1) == predictions.targets
+    section = {**fitted.describe(), "rejected": float(rejected.mean()),
+               "accepted_accuracy": float(correct[~rejected].mean()) if (~rejected).any() else None,
+               "rejected_accuracy": float(correct[rejected].mean()) if rejected.any() else None, "ood": []}
+    for source in ood:
+        images = ood_images(source, pre)
+        scores = openset.score_split(run.model, images, pre, run.device, fitted)
+        section["ood"].append({"source": source, "images": len(images),
+                               "rejected": float((scores[fitted.method] > threshold).mean()),
+                               **{m: openset.separation(known[m], scores[m]) for m in openset.METHODS}})
+    return section
+
+
+def ood_images(source: str, preprocess: Preprocess, limit: int = 10_000, seed: int = 0) -> TensorSplit:
+    """Images the model was not trained on, at its input size: every readable image under a folder:PATH (any
+    layout; up to `limit`, a seeded sample beyond), or a named dataset's test split."""
+    if not source.startswith("folder:"):
+        split = load_dataset(source).split("test")
+        return in_memory(split.take(np.arange(min(limit, len(split)))), preprocess, True)
+    root = Path(source[7:]).expanduser()
+    if not root.is_dir():
+        raise ImgclfError(f"--ood {source}: {root} is not a folder; pass folder:PATH with PATH a folder of images.")
+    paths = image_paths([root])
+    if len(paths) > limit:
+        paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
+    images = []
+    for path in paths:
+        try:
+            images.append(preprocess.prepare(read_image(path)))
+        except DataError:
+            log.warning("--ood: %s is not a readable image; left out", path)
+    if not images:
+        raise ImgclfError(f"--ood {source}: no readable images under {root}; pass a folder of image files.")
+    return TensorSplit(torch.stack(images), torch.zeros(len(images), dtype=torch.int64))
 
 
 def predict(run: OpenRun, *, latency_runs: int = 100, tta: bool = False, progress: bool = False) -> Predictions:
@@ -448,14 +533,19 @@ def write_report(report: EvalReport, predictions: Predictions, out: Path) -> Pat
 
 def evaluate_run(run: str | Path, on: ScoreOn = ScoreOn(), *, calibrate: bool = False, resamples: int = 1000,
                  seed: int = 0, latency_runs: int = 100, out: str | Path | None = None, progress: bool = False,
-                 tta: bool = False) -> tuple[EvalReport, Path]:
-    """`imgclf evaluate`: open, (calibrate,) predict, evaluate and write report.json and report.html into `out`
-    (default: the run's folder; beside it for an exported model); returns the report and the HTML path."""
+                 tta: bool = False, fit_unknown_inputs: bool = False, ood: tuple[str, ...] = (),
+                 unknown_rate: float | None = None) -> tuple[EvalReport, Path]:
+    """`imgclf evaluate`: open, (calibrate, fit unknown-input detection,) predict, evaluate and write report.json
+    and report.html into `out` (default: the run's folder; beside it for an exported model); returns the report
+    and the HTML path. `ood`: sources of out-of-distribution images to test the unknown-input detection on."""
     opened = open_run(run, on)
     if calibrate:
         calibrate_run(opened, progress)
+    if fit_unknown_inputs:
+        fit_unknown(opened)
     predictions = predict(opened, latency_runs=latency_runs, tta=tta, progress=progress)
     report = evaluate(predictions, resamples=resamples, seed=seed)
+    report.unknown = unknown_section(predictions, ood, unknown_rate)
     folder = opened.folder
     out = Path(out) if out else folder / f"report-{opened.path.name}" if opened.exported else folder
     html = write_report(report, predictions, out)

@@ -114,7 +114,23 @@ def render_report(r: EvalReport, figures: dict[str, bytes]) -> str:
         ("Efficiency", efficiency),
         ("Fairness", fairness),
         ("Robustness", robustness_section(r.robustness_report, figures.get("robustness")) if r.robustness else ""),
+        ("Unknown inputs", unknown_section(r.unknown) if r.unknown else ""),
     ])
+
+
+def unknown_section(u: dict) -> str:
+    """The unknown-input detection's rejections on the scored images and against out-of-distribution ones."""
+    body = (f"<p>Answered <code>unknown</code> when the {escape(u['method'])} score is above {u['threshold']:.4g}: "
+            f"the threshold rejecting {u['rate']:.1%} of the {u['validation_images']:,} validation images. On "
+            f"these images it rejects {u['rejected']:.2%}; accuracy on the accepted ones "
+            f"{_num(u['accepted_accuracy'])}, on the rejected ones {_num(u['rejected_accuracy'])}.</p>")
+    if u["ood"]:
+        methods = [m for m in u["ood"][0] if isinstance(u["ood"][0][m], dict)]
+        body += table(["out-of-distribution images", "images", f"rejected ({u['method']})",
+                       *[f"{m} AUROC / FPR@95%TPR" for m in methods]],
+                      [[o["source"], o["images"], f"{o['rejected']:.2%}",
+                        *[f"{o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in methods]] for o in u["ood"]])
+    return body
 
 
 def robustness_section(report: RobustnessReport, png: bytes | None) -> str:

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from fastapi import FastAPI, Request
@@ -42,9 +42,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 
+from imgclf import openset
 from imgclf.data.transforms import GRAY_MODES, Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
-from imgclf.rundir import preprocess_of
+from imgclf.openset import OpenSet
+from imgclf.rundir import preprocess_of, run_folder
 from imgclf.runtime import ExportedModel, onnx_twin, open_model
 from imgclf.serve.batcher import Batcher, Overloaded
 from imgclf.serve.feedback import FeedbackStore, StoreError, StoreFull
@@ -96,6 +98,8 @@ class ServeConfig:
     max_aspect: float = 32.0  # images whose longer side is more than this many times the shorter get 422
     max_request_pixels: int = 2 * 4096 * 4096  # decoded pixels of all the images of one request, beyond: 413
     max_explains: int = 2  # explanations admitted at once (one computes, the others wait); beyond: 503
+    unknown: bool = False  # answer "unknown" for inputs unlike the training data (the run's open_set.safetensors)
+    unknown_rate: float | None = None  # the share of validation images answered unknown (None: as fitted)
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
@@ -398,6 +402,8 @@ class Loaded:
     preprocess: Preprocess
     name: str
     onnx: ExportedModel | None = None  # the run's own ONNX export, which computes predictions when present
+    open_set: OpenSet | None = None  # unknown-input detection (serve --unknown)
+    threshold: float | None = None  # open_set's score above which the answer is unknown
 
     @property
     def runtime(self) -> str:
@@ -425,6 +431,14 @@ class Loaded:
         """A private copy of the PyTorch model, made on the first explanation: Captum hooks the model it works
         on, while predictions go on with the original in the inference thread."""
         return copy.deepcopy(self.model)
+
+
+class Answer(NamedTuple):
+    """What the batcher gives back for one image: class probabilities, and the unknown-input score (None
+    without --unknown)."""
+
+    probs: list[float]
+    unknown_score: float | None
 
 
 @dataclass
@@ -476,11 +490,18 @@ class Service:
         """A model, its metadata and preprocessing, warmed up by one inference; a run directory's predictions are
         computed by its ONNX export when it has a current one (and the runtime is auto)."""
         model, meta = open_model(path)
-        onnx = onnx_twin(Path(path), meta) if self.config.runtime == "auto" and Path(path).is_dir() else None
+        fitted = None
+        if self.config.unknown:
+            if isinstance(model, ExportedModel):
+                raise ImgclfError("--unknown needs the run directory (its unknown-input detection uses the PyTorch "
+                                  "model), not an exported model file.")
+            fitted = openset.required(run_folder(path), meta).with_rate(self.config.unknown_rate)
+        twin = self.config.runtime == "auto" and Path(path).is_dir() and not (fitted and fitted.needs_features)
+        onnx = onnx_twin(Path(path), meta) if twin else None
         loaded = Loaded(model.eval(), meta, preprocess_of(meta),
-                        meta["architecture"]["name"] if "architecture" in meta else Path(path).name, onnx)
-        with torch.inference_mode():
-            (onnx or loaded.model)(torch.zeros(1, loaded.preprocess.channels, *loaded.preprocess.size))
+                        meta["architecture"]["name"] if "architecture" in meta else Path(path).name, onnx,
+                        fitted, fitted.threshold() if fitted else None)
+        self._answers(loaded, torch.zeros(1, loaded.preprocess.channels, *loaded.preprocess.size))  # warm-up
         return loaded
 
     async def reload(self, body: dict) -> dict:
@@ -518,22 +539,33 @@ class Service:
             raise ApiError(429, f"too much feedback from your address: at most {self.config.feedback_per_minute:g} "
                                 "a minute; retry later.", retry_after=math.ceil(wait))
 
-    def _infer(self, jobs: list[Job]) -> list[list[float]]:
-        """A batch of jobs -> each one's class probabilities as a plain list; inputs that started under different
-        models (a reload in between) go through their own model. The predictions to remember are stored before
-        any is answered, so a prediction id is known to every worker once its answer is out."""
-        results: list[list[float]] = []
-        with torch.inference_mode():
-            for loaded, group in itertools.groupby(jobs, key=lambda job: job.loaded):
-                x = loaded.preprocess.normalize(torch.stack([job.x for job in group]).float() / 255)  # = preprocess
-                logits = (loaded.onnx or loaded.model)(x).float()
-                results += torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
-        kept = [(job.prediction_id, Remembered(job.image, job.loaded.label_of(probs), job.loaded.version,
+    def _infer(self, jobs: list[Job]) -> list[Answer]:
+        """A batch of jobs -> each one's answer; inputs that started under different models (a reload in between)
+        go through their own model. The predictions to remember are stored before any is answered, so a
+        prediction id is known to every worker once its answer is out."""
+        results: list[Answer] = []
+        for loaded, group in itertools.groupby(jobs, key=lambda job: job.loaded):
+            x = loaded.preprocess.normalize(torch.stack([job.x for job in group]).float() / 255)  # = preprocess
+            results += self._answers(loaded, x)
+        kept = [(job.prediction_id, Remembered(job.image, job.loaded.label_of(answer.probs), job.loaded.version,
                                                job.inverted))
-                for job, probs in zip(jobs, results, strict=True) if job.prediction_id]
+                for job, answer in zip(jobs, results, strict=True) if job.prediction_id]
         if kept:
             self.recent.add(kept)
         return results
+
+    @staticmethod
+    def _answers(loaded: Loaded, x: torch.Tensor) -> list[Answer]:
+        """The answers of `loaded` to a model-ready batch (B, C, H, W)."""
+        fitted = loaded.open_set
+        with torch.inference_mode():
+            if fitted and fitted.needs_features:
+                features, logits = openset.forward(loaded.model, x)
+            else:
+                features, logits = None, (loaded.onnx or loaded.model)(x).float()
+            probs = torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
+            scores = fitted.scores(logits, features)[fitted.method].tolist() if fitted else [None] * len(probs)
+        return [Answer(p, s) for p, s in zip(probs, scores, strict=True)]
 
     async def prepare(self, data: bytes, loaded: Loaded, deadline: Deadline) -> tuple[torch.Tensor, bool]:
         """Image bytes -> the uint8 (C, H, W) image at the model's size and channels (normalized with the rest of
@@ -576,8 +608,8 @@ class Service:
         return self.config.invert == "always" or (self.config.invert == "auto" and _light_background(pixels))
 
     async def classify(self, data: bytes, loaded: Loaded, started: float,
-                       prediction_id: str | None = None) -> tuple[list[float], bool]:
-        """One image's class probabilities under `loaded`, through the batcher, and whether it was inverted;
+                       prediction_id: str | None = None) -> tuple[Answer, bool]:
+        """One image's answer under `loaded`, through the batcher, and whether it was inverted;
         `started` (time.monotonic()) is when the request arrived: the deadline counts from there. With a
         `prediction_id` the image and answer are remembered under it."""
         deadline = Deadline.of(started, self.config.deadline_ms)
@@ -595,11 +627,13 @@ class Service:
     async def predict(self, data: bytes, started: float) -> dict:
         """One image's answer; `started` (time.monotonic()) is when the request arrived."""
         loaded, prediction_id = self.current, uuid.uuid4().hex
-        probs, _ = await self.classify(data, loaded, started, prediction_id)
+        (probs, score), _ = await self.classify(data, loaded, started, prediction_id)
         best = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:self.config.top_k]
         top = [{"label": loaded.classes[i], "probability": probs[i]} for i in best]
-        return {"prediction_id": prediction_id, "label": top[0]["label"], "top": top,
-                "model": {"name": loaded.name, "version": loaded.version},
+        unknown = {} if score is None else {"unknown": score > loaded.threshold, "unknown_score": score,
+                                            "unknown_threshold": loaded.threshold}
+        return {"prediction_id": prediction_id, "label": "unknown" if unknown.get("unknown") else top[0]["label"],
+                **unknown, "top": top, "model": {"name": loaded.name, "version": loaded.version},
                 "timing_ms": round((time.monotonic() - started) * 1000, 3)}
 
     async def explain(self, data: bytes, method: str, target: str | None, started: float) -> tuple[bytes, str]:
@@ -655,8 +689,8 @@ class Service:
                                     f"{self.config.remember:,}); send the image itself instead.")
         elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
             image = await _base64_off_loop(body["image"])
-            probs, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
-            entry = Remembered(image, loaded.label_of(probs), loaded.version, inverted)
+            answer, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
+            entry = Remembered(image, loaded.label_of(answer.probs), loaded.version, inverted)
         else:
             raise ApiError(422, "feedback needs a prediction_id or the image (base64), and the label.")
         try:
@@ -877,7 +911,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
                 "input": loaded.preprocess.to_dict(), "temperature": loaded.meta.get("temperature", 1.0),
                 "metrics": loaded.meta.get("metrics", {}), "invert": config.invert,
                 "page": page_of(loaded.preprocess), "runtime": loaded.runtime,
-                "feedback": "off" if service.store is None else "token" if config.feedback_token else "open"}
+                "feedback": "off" if service.store is None else "token" if config.feedback_token else "open",
+                "unknown": loaded.open_set.describe() if loaded.open_set else None}
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

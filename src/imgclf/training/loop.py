@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from imgclf import openset
 from imgclf.attacks import pgd
 from imgclf.config import Config, absolute_paths, check_config, load_config, with_overrides
 from imgclf.data import FileSplit, Split, batches, membership
@@ -479,15 +480,19 @@ class Trainer:
 
     def _finish(self, stop: StopReason | None, started: float) -> Run:
         stop = stop or StopReason.DONE
-        # rank 0 tests the saved model and writes the summary
-        tested = (self.group.main and self.test and "test" in self.parts.dataset.splits and self.best
-                  and stop not in (StopReason.INTERRUPTED, StopReason.PRUNED))
+        # rank 0 tests the saved model, fits its unknown-input detection and writes the summary
+        finished = (self.group.main and self.test and bool(self.best)
+                    and stop not in (StopReason.INTERRUPTED, StopReason.PRUNED))
+        model = load_model(self.folder) if finished else None
+        tested = finished and "test" in self.parts.dataset.splits
+        if finished:
+            self._fit_open_set(*model)
         summary = RunSummary(
             stopped=stop, epochs=self.step / self.parts.steps_per_epoch, steps=self.step, device=str(self.parts.device),
             threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
             train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
             skipped_steps=self.skipped, train_images=len(self.parts.train_split),
-            val_images=len(self.parts.val_split or ()), test_acc=self._test() if tested else None,
+            val_images=len(self.parts.val_split or ()), test_acc=self._test(model[0]) if tested else None,
             mlflow_run_id=self.tracker.run_id)
         if self.group.main:
             summary.save(self.folder / "summary.json")
@@ -495,9 +500,17 @@ class Trainer:
                                 if (self.folder / name).is_file()])
         return Run(self.folder, self.config, self.history, summary)
 
-    def _test(self) -> float:
+    def _fit_open_set(self, model: torch.nn.Module, meta: dict) -> None:
+        """open_set.safetensors: unknown-input detection for the saved model."""
+        parts, method = self.parts, self.config.train.open_set
+        if method == "off":
+            return
+        openset.fit(model.to(parts.device), parts.train_split, parts.val_split, parts.preprocess, parts.device,
+                    model_sha256=meta["sha256"], method=method, seed=self.config.train.seed,
+                    num_workers=self.config.data.num_workers).save(self.folder)
+
+    def _test(self, model: torch.nn.Module) -> float:
         """Accuracy of the saved (best) model on the test split: reported and tracked, never used for any choice."""
-        model, _ = load_model(self.folder)
         test = self.parts.dataset.split("test")
         logits = self._logits(model.to(self.parts.device), test)
         self.tracker.test(self.step, logits, test, self.parts.dataset.classes, self.parts.preprocess)
