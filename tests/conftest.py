@@ -44,6 +44,23 @@ def mnist_run(tmp_path_factory, mnist_dir) -> Path:
     return train(config, progress=False).path
 
 
+@pytest.fixture(scope="session")
+def strangers(tmp_path_factory):
+    """Images of none of MNIST's classes in nested folders: 40 real CIFAR-10 photos, 40 uniform-noise images, and
+    one file that is not an image."""
+    root = tmp_path_factory.mktemp("strangers")
+    for cls in ("cat", "truck"):
+        (root / "photos" / cls).mkdir(parents=True)
+        for path in sorted((SHARED / "cifar10-train-25k" / cls).iterdir())[:20]:
+            shutil.copy(path, root / "photos" / cls / path.name)
+    (root / "noise").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(root / "noise" / f"{i}.png")
+    (root / "noise" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's real cache, and the data dir comes only from arguments."""

@@ -39,8 +39,9 @@ def runs(tmp_path_factory, mnist_dir):
     """Two small real MNIST runs that differ in model and seed."""
     out = tmp_path_factory.mktemp("runs")
     first = train(_config(out, mnist_dir, name="fast"), progress=False)
-    second = train(_config(out, mnist_dir, name="cnn", **{"model.name": "cnn", "train.seed": 1,
+    second = train(_config(out, mnist_dir, name="cnn", **{"model.name": "cnn", "train.seed": 1, "train.open_set": "off",
                                                          "model.options": {"layers": 2, "width": 8}}), progress=False)
+    assert (first.path / "open_set.safetensors").is_file() and not (second.path / "open_set.safetensors").exists()
     return first, second
 
 
@@ -211,11 +212,20 @@ def test_cross_validation_folds_partition_the_training_data(tmp_path, mnist_dir)
     assert len(seen) == len({bytes(img.numpy()) for img in dataset.split("train").images[:300]})
 
 
-def test_cli_evaluate_and_cv(runs, tmp_path, mnist_dir, capsys):
+def test_cli_evaluate_and_cv(runs, tmp_path, mnist_dir, strangers, capsys):
     assert main(["evaluate", str(runs[0].path), "--resamples", "50", "--latency-runs", "3", "--out",
-                 str(tmp_path / "e"), "-q"]) == 0
+                 str(tmp_path / "e"), "--ood", f"folder:{strangers}", "--unknown-rate", "0.1", "-q"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"accuracy\s+0\.\d{4}\s+\[0\.\d{4}, 0\.\d{4}\]", out) and "report: " in out
+    # unknown inputs: rejections on the test digits, and how well each score tells real photos and noise apart
+    assert "unknown    " in out and f"vs folder:{strangers} (80 images)" in out
+    unknown = json.loads((tmp_path / "e" / "report.json").read_text())["unknown"]
+    assert unknown["method"] == "mahalanobis" and unknown["rate"] == 0.1 and unknown["validation_images"] == runs[0].summary.val_images
+    assert 0.03 < unknown["rejected"] < 0.25 and unknown["accepted_accuracy"] > unknown["rejected_accuracy"]
+    (ood,) = unknown["ood"]
+    assert ood["images"] == 80 and ood["rejected"] > 0.5 and ood["mahalanobis"]["auroc"] > 0.8
+    assert all(0 <= ood[m]["fpr95"] <= 1 and 0.5 < ood[m]["auroc"] <= 1 for m in ("mahalanobis", "energy", "msp"))
+    assert 'id="unknown-inputs"' in (tmp_path / "e" / "report.html").read_text()
     assert main(["cv", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "s",
                  "--folds", "1", "--seeds", "2", "--data.subset", "200", "--train.batch_size", "50", "-q"]) == 0
     out = capsys.readouterr().out
