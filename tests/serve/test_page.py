@@ -50,11 +50,11 @@ _DELIVER = """([how, data]) => {
 }"""
 
 
-def test_draw_predict_correct_and_upload_in_a_browser(mnist_run, mnist, tmp_path):
+def test_draw_predict_correct_and_upload_in_a_browser(mnist_run, mnist, strangers, tmp_path):
     db = tmp_path / "feedback.db"
     seven = tmp_path / "seven.png"
     seven.write_bytes(encode(mnist.splits["test"].images[0, 0].numpy()))
-    with serving(mnist_run, feedback_db=str(db)) as url, _page(url) as page:
+    with serving(mnist_run, feedback_db=str(db), unknown=True) as url, _page(url) as page:
         expect(page.locator("#model")).to_contain_text("Draw white on black")
         expect(page.locator("#pad")).to_be_visible()
         expect(page.locator("#classes button")).to_have_count(10)
@@ -76,6 +76,9 @@ def test_draw_predict_correct_and_upload_in_a_browser(mnist_run, mnist, tmp_path
         page.set_input_files("#file", str(seven))
         expect(page.locator("#status")).to_contain_text("predicted 7", timeout=15_000)
         expect(page.locator("#preview")).to_be_visible()
+        page.set_input_files("#file", str(next((strangers / "photos" / "truck").iterdir())))  # no digit at all
+        expect(page.locator("#status")).to_contain_text("unknown: unlike the training images", timeout=15_000)
+        expect(page.locator("#bars .bar")).to_have_count(5)  # its guesses are still shown
     with sqlite3.connect(db) as check:
         rows = check.execute("SELECT label, predicted FROM feedback").fetchall()
     assert rows == [("4", "1")]
