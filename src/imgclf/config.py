@@ -132,9 +132,9 @@ class TrainConfig:
     sync_bn: bool = False  # torchrun on GPUs: batch norm statistics over the global batch (SyncBatchNorm)
     dist_timeout: Positive = 300.0  # torchrun: seconds a process waits for the others before the run fails
     seed: int = 0  # weights, data order and augmentation
-    open_set: Literal["mahalanobis", "energy", "msp", "off"] = "mahalanobis"  # unknown-input detection fitted at
-    # the end of training: the score that answers unknown in imgclf predict/serve --unknown (mahalanobis: distance
-    # of the features to the training classes; energy, msp: from the logits), or off
+    open_set: Literal["energy", "mahalanobis", "msp", "off"] = "energy"  # unknown-input detection fitted at the
+    # end of training: the score that answers unknown in imgclf predict/serve --unknown (energy, msp: from the
+    # logits; mahalanobis: distance of the features to the training classes), or off
 
 
 @dataclass

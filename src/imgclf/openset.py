@@ -31,7 +31,7 @@ from imgclf.rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mahalanobis", "energy", "msp")
+METHODS = ("energy", "mahalanobis", "msp")  # the first is the default
 FILE = "open_set.safetensors"
 RATE = 0.05  # the share of validation images answered unknown, unless a command says otherwise
 MAX_FIT = 20_000  # training images the class means and covariance are fitted on (a seeded sample beyond that)
@@ -126,7 +126,7 @@ def forward(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> tuple
 
 
 def fit(model: torch.nn.Module, train: Split, val: Split | None, preprocess: Preprocess, device: torch.device, *,
-        model_sha256: str, method: str = "mahalanobis", seed: int = 0, num_workers: int = 0) -> OpenSet:
+        model_sha256: str, method: str = METHODS[0], seed: int = 0, num_workers: int = 0) -> OpenSet:
     """Fit every score's statistics: class means and shared covariance on (up to MAX_FIT of) the training
     images, the temperature and the score distributions on the validation images. Without validation images,
     a held-back fifth of the training sample sets them (images the model was trained on, so new images score a

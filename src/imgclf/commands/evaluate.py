@@ -63,7 +63,7 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"{u['rate']:.0%} of validation); accuracy on the rest {u['accepted_accuracy'] or 0:.4f}")
         for o in u["ood"]:
             print(f"  vs {o['source']} ({o['images']:,} images): rejected {o['rejected']:.2%}; AUROC / FPR@95%TPR "
-                  + ", ".join(f"{m} {o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in ("mahalanobis", "energy",
+                  + ", ".join(f"{m} {o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in ("energy", "mahalanobis",
                                                                                            "msp")))
     for note in r.notes:
         print(f"note: {note}")
