@@ -181,9 +181,10 @@ def test_the_kept_sample_stays_bounded_and_uniform_with_concurrent_writers(datab
     assert sorted(slots) == list(range(10)) and seen == 160 and taken >= 10
     # algorithm R keeps an early image with probability 10/160 each: all ten from the last half would be (1/2)^10
     assert min(int(p[1:]) for p in slots.values()) < 80
-    smaller = FeedbackStore(database, max_bytes=1)  # a restart with a smaller sample, and no room for more bytes
+    capped = FeedbackStore(database, max_bytes=1)  # a restart with no room for more image bytes
     try:
-        assert smaller.keep([_kept(1000)], 4) == 0
+        assert capped.keep([_kept(1000)], 200) == 0  # its slot (160) is free, but its bytes would pass the cap
+        capped.keep([_kept(1001)], 4)  # then a smaller sample
     finally:
-        smaller.close()
+        capped.close()
     assert sorted(_sample(database)[0]) == [0, 1, 2, 3]
