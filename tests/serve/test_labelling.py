@@ -14,7 +14,7 @@ from serving_helpers import encode, serving
 from imgclf.cli import main
 from imgclf.errors import ImgclfError
 from imgclf.serve.app import ServeConfig
-from imgclf.serve.feedback import FeedbackStore, Kept, queue
+from imgclf.serve.feedback import FEEDBACK, FeedbackStore, Kept, engine_for, queue
 
 PNG = encode(np.full((28, 28), 200, dtype=np.uint8))
 
@@ -80,3 +80,12 @@ def test_keeping_images_needs_a_feedback_database(mnist_run, capsys):
     assert main(["serve", str(mnist_run), "--keep-unlabelled", "5", "--feedback-db", ""]) == 1
     assert "keeping images for labelling (--keep-unlabelled) stores them in the feedback database" in (
         capsys.readouterr().err)
+
+
+def test_a_database_from_before_the_kept_sample_gets_one_clear_sentence(tmp_path, capsys):
+    engine = engine_for(tmp_path / "old.db")
+    FEEDBACK.create(engine)  # the first schema: corrections only
+    engine.dispose()
+    for command in (["queue"], ["export", "--out", str(tmp_path / "out"), "--unlabelled"]):
+        assert main(["feedback", command[0], str(tmp_path / "old.db"), *command[1:]]) == 1
+        assert "has no kept images: it was written by an older imgclf" in capsys.readouterr().err

@@ -39,6 +39,7 @@ try:
         delete,
         event,
         func,
+        inspect,
         select,
         text,
         update,
@@ -407,11 +408,19 @@ def _queue(db: Connection, by: str, limit: int) -> list[Queued]:
     return [Queued(*row) for row in rows]
 
 
+def _has_kept(db: Connection, path: str | Path) -> Connection:
+    """`db`, checked to have the kept sample's table (a database that no imgclf with it has opened has none)."""
+    if not inspect(db).has_table(KEPT.name):
+        raise ImgclfError(f"{without_password(path)} has no kept images: it was written by an older imgclf; serve "
+                          "with it again and --keep-unlabelled N to keep some.")
+    return db
+
+
 def queue(path: str | Path, by: str = "margin", limit: int = 20) -> list[Queued]:
     """The labelling queue of a feedback database: at most `limit` kept images without a correction, those whose
     label would help most first (by "margin" or "unknown")."""
     with _reading(path) as db:
-        return _queue(db, by, limit)
+        return _queue(_has_kept(db, path), by, limit)
 
 
 def _write_image(folder: Path, name: str, image: bytes, inverted: bool) -> None:
@@ -450,7 +459,7 @@ def export_unlabelled(path: str | Path, out: str | Path) -> int:
     count = 0
     with _reading(path) as db:
         corrected = select(FEEDBACK.c.id).where(FEEDBACK.c.prediction_id == KEPT.c.prediction_id).exists()
-        for prediction_id, image, inverted in db.execute(
+        for prediction_id, image, inverted in _has_kept(db, path).execute(
                 select(KEPT.c.prediction_id, KEPT.c.image, KEPT.c.inverted).where(~corrected).order_by(KEPT.c.slot)):
             if not is_plain_name(prediction_id):
                 raise ImgclfError(f"a kept image has the prediction_id {prediction_id!r}, which cannot be a file name.")
