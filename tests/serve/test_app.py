@@ -368,7 +368,8 @@ def test_worker_processes_share_prediction_ids_and_metrics_and_stop_on_sigterm(m
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     process, url = start_server(mnist_run, "--workers", "2", "--feedback-db", str(tmp_path / "f.db"),
-                                stdout=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(scratch)})
+                                "--keep-unlabelled", "4", stdout=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(scratch)})
     try:
         wait_ready(url)
         statuses = []
@@ -385,6 +386,9 @@ def test_worker_processes_share_prediction_ids_and_metrics_and_stop_on_sigterm(m
     assert statuses == [201] * 12  # whichever worker made the prediction
     assert 'imgclf_requests_total{path="/v1/predict",status="200"} 12.0' in metrics
     assert "imgclf_feedback_total 12.0" in metrics and stats(tmp_path / "f.db")["feedback"] == 12
+    with sqlite3.connect(tmp_path / "f.db") as db:  # both workers offered their images to one bounded sample
+        assert db.execute("SELECT COUNT(*), MAX(slot) FROM kept").fetchone() == (4, 3)
+        assert db.execute("SELECT seen FROM kept_seen").fetchone() == (12,)
     assert list(scratch.iterdir()) == []  # the shared files are gone
 
 

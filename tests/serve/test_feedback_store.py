@@ -10,9 +10,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from serving_helpers import encode
+from sqlalchemy import select
 
 from imgclf.errors import ImgclfError
-from imgclf.serve.feedback import MIGRATIONS, FeedbackStore, Stored, StoreError, StoreFull, export, stats
+from imgclf.serve.feedback import (
+    KEPT,
+    MIGRATIONS,
+    SEEN,
+    FeedbackStore,
+    Kept,
+    Stored,
+    StoreError,
+    StoreFull,
+    engine_for,
+    export,
+    stats,
+)
 
 PNG = encode(np.full((28, 28), 200, dtype=np.uint8))
 
@@ -139,3 +152,39 @@ def test_cli_reads_a_postgresql_store(postgres_url, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "imgclf", "feedback", "stats", postgres_url], capture_output=True,
                            text=True)
     assert shown.returncode == 0 and "1 feedback rows" in shown.stdout, shown.stderr
+
+
+def _kept(i: int, margin: float = 0.5, unknown: float | None = None) -> Kept:
+    return Kept(f"p{i}", PNG, str(i % 10), 0.6, margin, unknown, "v1", False)
+
+
+def _sample(database: str) -> tuple[dict[int, str], int]:
+    """The kept sample's slot -> prediction_id, and how many images were offered to it."""
+    engine = engine_for(database)
+    try:
+        with engine.connect() as db:
+            return dict(db.execute(select(KEPT.c.slot, KEPT.c.prediction_id)).all()), db.execute(
+                select(SEEN.c.seen)).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_the_kept_sample_stays_bounded_and_uniform_with_concurrent_writers(database):
+    stores = [FeedbackStore(database) for _ in range(2)]  # two replicas' stores, each with its own connections
+    try:
+        with ThreadPoolExecutor(4) as pool:  # 160 images in batches of 8, from both stores at once
+            taken = sum(pool.map(lambda b: stores[b % 2].keep([_kept(8 * b + i) for i in range(8)], 10), range(20)))
+    finally:
+        for store in stores:
+            store.close()
+    slots, seen = _sample(database)
+    assert sorted(slots) == list(range(10)) and seen == 160 and taken >= 10
+    # algorithm R keeps an early image with probability 10/160 each: all ten from the last half would be (1/2)^10
+    assert min(int(p[1:]) for p in slots.values()) < 80
+    capped = FeedbackStore(database, max_bytes=1)  # a restart with no room for more image bytes
+    try:
+        assert capped.keep([_kept(1000)], 200) == 0  # its slot (160) is free, but its bytes would pass the cap
+        capped.keep([_kept(1001)], 4)  # then a smaller sample
+    finally:
+        capped.close()
+    assert sorted(_sample(database)[0]) == [0, 1, 2, 3]

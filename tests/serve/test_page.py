@@ -8,9 +8,11 @@ import shutil
 import sqlite3
 from contextlib import contextmanager
 
+import httpx
 import numpy as np
 from playwright.sync_api import expect, sync_playwright
 from serving_helpers import encode, serving, tiny_run
+from test_labelling import queued
 
 
 def _chromium() -> str:
@@ -124,3 +126,22 @@ def test_correction_buttons_stay_hidden_when_feedback_needs_a_token(tmp_path):
         page.set_input_files("#file", files=[{"name": "p.png", "mimeType": "image/png", "buffer": _photo(20, 20, 3)}])
         expect(page.locator("#status")).to_contain_text("predicted", timeout=15_000)
         expect(page.locator("#correct")).to_be_hidden()
+
+
+def test_label_the_kept_images_from_the_queue_page(mnist_run, mnist, tmp_path):
+    db = tmp_path / "feedback.db"
+    with serving(mnist_run, feedback_db=str(db), keep_unlabelled=5) as url, _page(url) as page:
+        with httpx.Client(base_url=url) as client:
+            for i in range(3):
+                client.post("/v1/predict", content=encode(mnist.splits["test"].images[i, 0].numpy()),
+                            headers={"content-type": "image/png"})
+            first = queued(client, 3)[0]
+        page.click("#queue-link a")  # the classifier's page links to the queue when the server keeps images
+        expect(page.locator(".item")).to_have_count(3)
+        page.wait_for_function("document.querySelector('.item img').naturalWidth === 28")  # the kept digit
+        page.locator(".item").first.locator("button", has_text="4").click()
+        expect(page.locator("#status")).to_contain_text(f"saved 4 as the label of an image the model called "
+                                                        f"{first['predicted']}")
+        expect(page.locator(".item")).to_have_count(2)
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT label, prediction_id FROM feedback").fetchall() == [("4", first["prediction_id"])]

@@ -50,6 +50,10 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="corrections the feedback store may hold (default 100,000; 507 beyond)")
     serve.add_argument("--feedback-max-mb", type=float, default=1024.0,
                        help="MiB of images the feedback store may hold (default 1024)")
+    serve.add_argument("--keep-unlabelled", type=int, default=0, metavar="N",
+                       help="keep a uniform sample of up to N of the classified images in the feedback database, "
+                            "for labelling (imgclf feedback queue, the /queue page); default 0: keep none. It stores "
+                            "users' images: see the README's privacy note")
     serve.add_argument("--header-timeout-s", type=float, default=10.0,
                        help="close a connection whose request headers are not complete by then (default 10)")
     serve.add_argument("--body-timeout-s", type=float, default=30.0,
@@ -121,7 +125,7 @@ def _serve(args: argparse.Namespace) -> None:
                          max_buffered_mb=args.max_buffered_mb, docs=args.docs, allowed_hosts=_allowed_hosts(args),
                          max_aspect=args.max_aspect, max_request_pixels=args.max_request_pixels,
                          max_explains=args.max_explains, runtime=args.runtime, unknown=args.unknown,
-                         unknown_rate=args.unknown_rate)
+                         unknown_rate=args.unknown_rate, keep_unlabelled=args.keep_unlabelled)
     options = {"log_level": "debug" if args.verbose else "warning", "timeout_graceful_shutdown": 30}
     if args.workers == 1:
         torch.set_num_threads(args.threads)  # before the model loads: onnxruntime takes as many

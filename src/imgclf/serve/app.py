@@ -1,6 +1,7 @@
 """The HTTP service: a FastAPI app factory around a trained or exported model.
 
-POST /v1/predict, /v1/predict/batch and /v1/feedback; GET /v1/model, /health/live, /health/ready, /metrics.
+POST /v1/predict, /v1/predict/batch and /v1/feedback; GET /v1/model, /v1/queue (the labelling queue),
+/health/live, /health/ready, /metrics; the web pages / and /queue.
 Every response carries the answering model's version in the X-Model-Version header."""
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import re
 import reprlib
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -43,13 +45,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 
 from imgclf import openset
+from imgclf.active import margins
 from imgclf.data.transforms import GRAY_MODES, Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
 from imgclf.openset import OpenSet
 from imgclf.rundir import preprocess_of, run_folder
 from imgclf.runtime import ExportedModel, onnx_twin, open_model
 from imgclf.serve.batcher import Batcher, Overloaded
-from imgclf.serve.feedback import FeedbackStore, StoreError, StoreFull
+from imgclf.serve.feedback import QUEUE_ORDERS, FeedbackStore, Kept, StoreError, StoreFull
 from imgclf.serve.recent import Recent, Remembered
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,10 @@ TRIM = 4_000_000  # after decoding more pixels than this, freed memory is handed
 DRAWABLE = 32  # single-channel models up to this many pixels a side get the drawing pad (digit-like inputs)
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"  # JSON and PNG answers: nothing to load, never framed
 DOCS_POLICY = "frame-ancestors 'none'"  # --docs pages load Swagger UI and ReDoc (inline script) from their CDN
+KEEP_BACKLOG = 16  # batches waiting to be offered to the kept sample; beyond, a batch is not offered (overload)
+QUEUE_LIMIT = 200  # the most images one /v1/queue answer lists
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp",
+               "BMP": "image/bmp", "GIF": "image/gif"}  # of the FORMATS, for a kept image sent back
 
 
 @dataclass
@@ -100,6 +107,8 @@ class ServeConfig:
     max_explains: int = 2  # explanations admitted at once (one computes, the others wait); beyond: 503
     unknown: bool = False  # answer "unknown" for inputs unlike the training data (the run's open_set.safetensors)
     unknown_rate: float | None = None  # the share of validation images answered unknown (None: as fitted)
+    keep_unlabelled: int = 0  # images kept in the feedback database for labelling, a uniform sample of all the
+    # classified ones (0: none)
 
     def __post_init__(self) -> None:
         numbers = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_body_mb": self.max_body_mb,
@@ -121,6 +130,11 @@ class ServeConfig:
             raise ImgclfError(f"runtime must be auto or torch, got {self.runtime!r}.")
         if self.invert not in ("none", "auto", "always"):
             raise ImgclfError(f"invert must be none, auto or always, got {self.invert!r}.")
+        if not self.keep_unlabelled >= 0:
+            raise ImgclfError(f"keep_unlabelled must be 0 (keep none) or more, got {self.keep_unlabelled}.")
+        if self.keep_unlabelled and not self.feedback_db:
+            raise ImgclfError("keeping images for labelling (--keep-unlabelled) stores them in the feedback database: "
+                              "name one with --feedback-db PATH, or keep none (--keep-unlabelled 0).")
         if self.allowed_hosts is not None and not all(self.allowed_hosts):
             raise ImgclfError("allowed_hosts must be host names (a.example,b.example), none of them empty.")
 
@@ -485,6 +499,9 @@ class Service:
         self.decoders = ThreadPoolExecutor(DECODERS, thread_name_prefix="imgclf-decode")
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix="imgclf-explain")  # off the inference thread
         self.explaining = asyncio.Semaphore(config.max_explains)
+        # the kept sample is written in a thread of its own: answers do not wait for its synced commits
+        self.keeper = ThreadPoolExecutor(1, thread_name_prefix="imgclf-keep") if config.keep_unlabelled else None
+        self.keep_backlog = threading.BoundedSemaphore(KEEP_BACKLOG)
 
     def load(self, path: str | Path) -> Loaded:
         """A model, its metadata and preprocessing, warmed up by one inference; a run directory's predictions are
@@ -552,6 +569,8 @@ class Service:
                 for job, answer in zip(jobs, results, strict=True) if job.prediction_id]
         if kept:
             self.recent.add(kept)
+        if self.keeper and kept:
+            self._offer([(job, answer) for job, answer in zip(jobs, results, strict=True) if job.prediction_id])
         return results
 
     @staticmethod
@@ -566,6 +585,41 @@ class Service:
             probs = torch.softmax(logits / loaded.meta.get("temperature", 1.0), dim=1).tolist()
             scores = fitted.scores(logits, features)[fitted.method].tolist() if fitted else [None] * len(probs)
         return [Answer(p, s) for p, s in zip(probs, scores, strict=True)]
+    def _offer(self, scored: list[tuple[Job, Answer]]) -> None:
+        """Hand classified images to the keeper thread, which offers them to the kept sample; dropped when
+        KEEP_BACKLOG batches are already waiting (the database is slower than the traffic)."""
+        if not self.keep_backlog.acquire(blocking=False):
+            log.warning("%d images not offered to the kept sample: its writes are behind", len(scored))
+            return
+        gaps = margins(torch.tensor([answer.probs for _, answer in scored])).tolist()
+        entries = [Kept(job.prediction_id, job.image, job.loaded.label_of(probs), max(probs), gap, score,
+                        job.loaded.version, job.inverted)
+                   for (job, (probs, score)), gap in zip(scored, gaps, strict=True)]
+        self.keeper.submit(self._keep, entries)
+
+    def _keep(self, entries: list[Kept]) -> None:
+        """Offer images to the kept sample (in the keeper thread); a database failure is logged, never answered."""
+        try:
+            self.store.keep(entries, self.config.keep_unlabelled)
+        except StoreError as err:
+            log.error("%s", err)
+        finally:
+            self.keep_backlog.release()
+
+    def _remembered(self, prediction_id: str) -> Remembered | None:
+        """What a prediction id refers to: a recent prediction, else an image of the kept sample (kept longer)."""
+        entry = self.recent.get(prediction_id)
+        kept = None if entry is not None else self.store.kept(prediction_id)
+        return entry if kept is None else Remembered(kept.image, kept.predicted, kept.model_version, kept.inverted)
+
+    def queue_reader(self, authorization: str | None) -> FeedbackStore:
+        """The store whose kept images the labelling queue shows: 404 when this server keeps none, 401 without
+        the feedback token when the server has one (the queue shows users' images)."""
+        if self.store is None or not self.config.keep_unlabelled:
+            raise ApiError(404, "this server keeps no images for labelling; start it with --keep-unlabelled N.")
+        if self.config.feedback_token:
+            self.authorized(authorization, self.config.feedback_token, "the labelling queue", "feedback")
+        return self.store
 
     async def prepare(self, data: bytes, loaded: Loaded, deadline: Deadline) -> tuple[torch.Tensor, bool]:
         """Image bytes -> the uint8 (C, H, W) image at the model's size and channels (normalized with the rest of
@@ -683,10 +737,15 @@ class Service:
         if not isinstance(label, str) or label not in loaded.classes:
             raise ApiError(422, f"label {clip(label)} is not one of the model's classes ({', '.join(loaded.classes)}).")
         if prediction_id is not None:
-            entry = await asyncio.to_thread(self.recent.get, prediction_id)
+            try:
+                entry = await asyncio.to_thread(self._remembered, prediction_id)
+            except StoreError as err:
+                log.error("%s", err)
+                raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
             if entry is None:
                 raise ApiError(422, f"unknown prediction_id {clip(prediction_id)} (this server keeps the last "
-                                    f"{self.config.remember:,}); send the image itself instead.")
+                                    f"{self.config.remember:,} and the images kept for labelling); send the image "
+                                    "itself instead.")
         elif body.get("image") is not None:  # scored by the served model now, so stats know what it said
             image = await _base64_off_loop(body["image"])
             answer, inverted = await self.classify(image, loaded, time.monotonic())  # only images are stored
@@ -827,6 +886,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         yield
         service.ready = False
         await service.batcher.stop()  # what was accepted is answered before the process exits
+        if service.keeper:
+            service.keeper.shutdown(wait=True)  # the images offered so far are written before the store closes
         service.decoders.shutdown()
         service.explainer.shutdown()
         if service.store:
@@ -839,7 +900,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
                   docs_url="/docs" if config.docs else None, redoc_url="/redoc" if config.docs else None)
     app.state.service = service
     page_html = (Path(__file__).parent / "static" / "index.html").read_text()
-    policies = {"/": _page_policy(page_html)} | (
+    queue_html = (Path(__file__).parent / "static" / "queue.html").read_text()
+    policies = {"/": _page_policy(page_html), "/queue": _page_policy(queue_html)} | (
         dict.fromkeys(["/docs", "/docs/oauth2-redirect", "/redoc"], DOCS_POLICY) if config.docs else {})
 
     app.add_middleware(_BodyLimit, limit=int(config.max_body_mb * 2**20), timeout=config.body_timeout_s,
@@ -912,7 +974,37 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
                 "metrics": loaded.meta.get("metrics", {}), "invert": config.invert,
                 "page": page_of(loaded.preprocess), "runtime": loaded.runtime,
                 "feedback": "off" if service.store is None else "token" if config.feedback_token else "open",
-                "unknown": loaded.open_set.describe() if loaded.open_set else None}
+                "unknown": loaded.open_set.describe() if loaded.open_set else None,
+                "keep_unlabelled": config.keep_unlabelled}
+
+    @app.get("/v1/queue", summary="the kept images whose label would help most, first (--keep-unlabelled)")
+    async def labelling_queue(request: Request, by: str = "margin", limit: int = 20) -> dict:
+        store = service.queue_reader(request.headers.get("authorization"))
+        if by not in QUEUE_ORDERS or not 1 <= limit <= QUEUE_LIMIT:
+            raise ApiError(422, f"send by={' or by='.join(QUEUE_ORDERS)} and a limit from 1 to {QUEUE_LIMIT}.")
+        try:
+            queued = await asyncio.to_thread(store.queue, by, limit)
+        except StoreError as err:
+            log.error("%s", err)
+            raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
+        return {"by": by, "queue": [asdict(item) for item in queued]}
+
+    @app.get("/v1/queue/{prediction_id}/image", summary="a kept image, as it was sent")
+    async def queued_image(request: Request, prediction_id: str) -> Response:
+        store = service.queue_reader(request.headers.get("authorization"))
+        try:
+            kept = await asyncio.to_thread(store.kept, prediction_id)
+        except StoreError as err:
+            log.error("%s", err)
+            raise ApiError(503, "the feedback store is unavailable; retry in a second.") from None
+        if kept is None:
+            raise ApiError(404, f"no kept image has the prediction_id {clip(prediction_id)}.")
+        with Image.open(io.BytesIO(kept.image)) as image:  # accepted when it was classified: one of FORMATS
+            return Response(kept.image, media_type=MEDIA_TYPES[image.format])
+
+    @app.get("/queue", include_in_schema=False)
+    async def queue_page() -> HTMLResponse:
+        return HTMLResponse(queue_html)
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -23,6 +25,7 @@ from imgclf.files import is_plain_name
 
 try:
     from sqlalchemy import (
+        BigInteger,
         Column,
         Connection,
         Engine,
@@ -33,10 +36,13 @@ try:
         Table,
         Text,
         create_engine,
+        delete,
         event,
         func,
+        inspect,
         select,
         text,
+        update,
     )
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.engine import make_url
@@ -60,6 +66,22 @@ FEEDBACK = Table(
     Column("inverted", Integer, nullable=False, server_default="0"),  # the server inverted it (--invert)
     Column("idempotency_key", Text, unique=True),
     sqlite_autoincrement=True)
+# a uniform sample of the images the server classified (imgclf serve --keep-unlabelled N), for people to label
+KEPT = Table(
+    "kept", _TABLES,
+    Column("slot", Integer, primary_key=True, autoincrement=False),  # its place in the sample, 0 to N - 1
+    Column("prediction_id", Text, nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+    Column("predicted", Text, nullable=False),  # what the model said
+    Column("probability", Float, nullable=False),  # of the predicted class
+    Column("margin", Float, nullable=False),  # top-1 minus top-2 probability: small, the model hesitated
+    Column("unknown_score", Float),  # how unlike the training data the image is, when the server scores that
+    Column("model_version", Text, nullable=False),
+    Column("image_sha256", Text, nullable=False),
+    Column("image", LargeBinary, nullable=False),  # the bytes as uploaded
+    Column("inverted", Integer, nullable=False, server_default="0"))  # the server inverted it (--invert)
+SEEN = Table("kept_seen", _TABLES, Column("id", Integer, primary_key=True, autoincrement=False),
+             Column("seen", BigInteger, nullable=False))  # one row: the images offered to the sample, ever
 SCHEMA_VERSION = Table("imgclf_schema", _TABLES, Column("version", Integer, primary_key=True),
                        Column("applied", Float, nullable=False))
 
@@ -78,10 +100,17 @@ def _one_correction_per_prediction(db: Connection) -> None:
                     "WHERE prediction_id IS NOT NULL"))
 
 
+def _kept_sample(db: Connection) -> None:
+    """The tables of the kept sample, empty, with nothing seen yet."""
+    KEPT.create(db)
+    SEEN.create(db)
+    db.execute(SEEN.insert().values(id=1, seen=0))
+
+
 # MIGRATIONS[i] takes a database from schema version i to i + 1. Version 1 is the first table (SQLite files
 # written before versions were recorded have it already). Append new steps; never change old ones.
 MIGRATIONS: list[Callable[[Connection], None]] = [lambda db: FEEDBACK.create(db, checkfirst=True),
-                                                  _one_correction_per_prediction]
+                                                  _one_correction_per_prediction, _kept_sample]
 
 
 class StoreError(ImgclfError):
@@ -96,6 +125,36 @@ class Stored(NamedTuple):
     new: bool  # False: the idempotency key or prediction was seen before and nothing was written
     label: str  # the label stored under the key or for the prediction
     clash: str | None = None  # when not new: "idempotency_key" or "prediction_id", what the earlier row shares
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A classified image offered to the kept sample, with what the model said of it."""
+
+    prediction_id: str
+    image: bytes
+    predicted: str
+    probability: float
+    margin: float
+    unknown_score: float | None
+    model_version: str
+    inverted: bool
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A kept image waiting for its label (without its bytes)."""
+
+    prediction_id: str
+    predicted: str
+    probability: float
+    margin: float
+    unknown_score: float | None
+    model_version: str
+    created: float
+
+
+QUEUE_ORDERS = ("margin", "unknown")  # least margin first; highest unknown score first (unscored ones last)
 
 
 def engine_for(target: str | Path, *, read_only: bool = False) -> Engine:
@@ -168,6 +227,7 @@ class FeedbackStore:
         self.engine = engine_for(target)
         self.where = _where(self.engine)
         self.max_rows, self.max_bytes, self._counting = max_rows, max_bytes, threading.Lock()
+        self.random, self.warned_full = random.Random(), False  # which images the kept sample takes
         try:
             migrate(self.engine)
             self.rows, self.bytes = self._size() if max_rows or max_bytes else (0, 0)
@@ -199,6 +259,69 @@ class FeedbackStore:
         except SQLAlchemyError as err:  # the database is down, locked for too long, or the pool is exhausted
             raise StoreError(f"feedback not stored in {self.where}: {_reason(err)}") from err
 
+    def keep(self, entries: list[Kept], size: int) -> int:
+        """Offer classified images to the kept sample of at most `size` (one transaction); returns how many went
+        in. Reservoir sampling (Vitter's algorithm R): the n-th image offered, counted over every process and
+        restart, takes a random slot with probability size / n, so the sample stays uniform over all the images
+        and never holds more than `size`. Images beyond the store's byte cap are not kept (logged once)."""
+        try:
+            with self.engine.begin() as db:  # the counter's row lock (the SQLite write lock) orders the writers
+                seen = db.execute(update(SEEN).values(seen=SEEN.c.seen + len(entries)).returning(SEEN.c.seen)
+                                  ).scalar() - len(entries)
+                db.execute(delete(KEPT).where(KEPT.c.slot >= size))  # started with a smaller size than before
+                return sum(self._into_slot(db, entry, n if n < size else self.random.randrange(n + 1), size)
+                           for n, entry in enumerate(entries, start=seen))
+        except SQLAlchemyError as err:
+            raise StoreError(f"images not kept in {self.where}: {_reason(err)}") from err
+
+    def _into_slot(self, db: Connection, entry: Kept, slot: int, size: int) -> bool:
+        """Put `entry` into `slot` of the sample, replacing the image there, unless the slot is beyond `size` (the
+        image is not sampled) or its bytes would pass the store's cap."""
+        if slot >= size:
+            return False
+        replaced = db.execute(select(func.length(KEPT.c.image)).where(KEPT.c.slot == slot)).scalar() or 0
+        if not self._room_for(len(entry.image) - replaced):
+            return False
+        row = {"slot": slot, "prediction_id": entry.prediction_id, "created": time.time(),
+               "predicted": entry.predicted, "probability": entry.probability, "margin": entry.margin,
+               "unknown_score": entry.unknown_score, "model_version": entry.model_version,
+               "image_sha256": hashlib.sha256(entry.image).hexdigest(), "image": entry.image,
+               "inverted": int(entry.inverted)}
+        insert = self._insert(KEPT).values(row)
+        db.execute(insert.on_conflict_do_update(index_elements=[KEPT.c.slot],
+                                                set_={k: insert.excluded[k] for k in row if k != "slot"}))
+        return True
+
+    def _room_for(self, size: int) -> bool:
+        """Count `size` more image bytes (negative: fewer) if they fit under the byte cap."""
+        with self._counting:
+            if size > 0 and self.max_bytes and self.bytes + size > self.max_bytes:
+                if not self.warned_full:
+                    self.warned_full = True
+                    log.warning("the feedback store holds %.1f MiB of images, its cap: no more images are kept "
+                                "for labelling", self.bytes / 2**20)
+                return False
+            self.bytes += size
+            return True
+
+    def kept(self, prediction_id: str) -> Kept | None:
+        """The kept image of a prediction, if the sample holds it."""
+        try:
+            with self.engine.connect() as db:
+                row = db.execute(select(KEPT).where(KEPT.c.prediction_id == prediction_id)).first()
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot read {self.where}: {_reason(err)}") from err
+        return None if row is None else Kept(row.prediction_id, row.image, row.predicted, row.probability,
+                                             row.margin, row.unknown_score, row.model_version, bool(row.inverted))
+
+    def queue(self, by: str = "margin", limit: int = 20) -> list[Queued]:
+        """The kept images without a correction, those whose label would help most first (see queue())."""
+        try:
+            with self.engine.connect() as db:
+                return _queue(db, by, limit)
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot read {self.where}: {_reason(err)}") from err
+
     def _earlier(self, db: Connection, idempotency_key: str | None, prediction_id: str | None) -> tuple[int, Stored]:
         """The row an insert clashed with: the one with its idempotency key, else the one with its prediction_id."""
         for column, value in ((FEEDBACK.c.idempotency_key, idempotency_key),
@@ -210,11 +333,13 @@ class FeedbackStore:
         raise StoreError(f"feedback not stored in {self.where}: it clashed with a row that is gone")
 
     def _size(self) -> tuple[int, int]:
-        """The rows and image bytes in the database (one scan, when the store opens)."""
+        """The corrections and the image bytes (theirs and the kept sample's) in the database (one scan, when the
+        store opens)."""
         with self.engine.connect() as db:
             rows, size = db.execute(select(func.count(), func.coalesce(func.sum(func.length(FEEDBACK.c.image)), 0))
                                     .select_from(FEEDBACK)).one()
-        return rows, size
+            kept = db.execute(select(func.coalesce(func.sum(func.length(KEPT.c.image)), 0))).scalar()
+        return rows, size + kept
 
     def _count(self, size: int) -> None:
         """Count one more row of `size` image bytes, or raise StoreFull if it would go beyond the cap (a commit
@@ -269,6 +394,50 @@ def stats(path: str | Path) -> dict:
             "unscored": unscored, "model_versions": versions}
 
 
+def _queue(db: Connection, by: str, limit: int) -> list[Queued]:
+    """The kept images no correction names, those whose label would help most first: by "margin", the ones the
+    model hesitated over most; by "unknown", the ones least like its training data (images without an unknown
+    score last, by margin)."""
+    if by not in QUEUE_ORDERS:
+        raise ImgclfError(f"the queue is ordered by {' or '.join(QUEUE_ORDERS)}, not {by!r}.")
+    corrected = select(FEEDBACK.c.id).where(FEEDBACK.c.prediction_id == KEPT.c.prediction_id).exists()
+    order = [KEPT.c.margin] if by == "margin" else [KEPT.c.unknown_score.desc().nulls_last(), KEPT.c.margin]
+    rows = db.execute(select(KEPT.c.prediction_id, KEPT.c.predicted, KEPT.c.probability, KEPT.c.margin,
+                             KEPT.c.unknown_score, KEPT.c.model_version, KEPT.c.created)
+                      .where(~corrected).order_by(*order, KEPT.c.created, KEPT.c.slot).limit(limit))
+    return [Queued(*row) for row in rows]
+
+
+def _has_kept(db: Connection, path: str | Path) -> Connection:
+    """`db`, checked to have the kept sample's table (a database that no imgclf with it has opened has none)."""
+    if not inspect(db).has_table(KEPT.name):
+        raise ImgclfError(f"{without_password(path)} has no kept images: it was written by an older imgclf; serve "
+                          "with it again and --keep-unlabelled N to keep some.")
+    return db
+
+
+def queue(path: str | Path, by: str = "margin", limit: int = 20) -> list[Queued]:
+    """The labelling queue of a feedback database: at most `limit` kept images without a correction, those whose
+    label would help most first (by "margin" or "unknown")."""
+    with _reading(path) as db:
+        return _queue(_has_kept(db, path), by, limit)
+
+
+def _write_image(folder: Path, name: str, image: bytes, inverted: bool) -> None:
+    """An image as folder/<name>.<format>, as the model saw it: a dark-on-light photo the server inverted is written
+    inverted (as PNG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if inverted:
+        with Image.open(io.BytesIO(image)) as picture:
+            pixels = 255 - image_to_tensor(picture).permute(1, 2, 0)  # (H, W, C), as serving reads it
+        Image.fromarray(pixels.squeeze(-1).numpy() if pixels.shape[-1] == 1 else pixels.numpy()).save(
+            folder / f"{name}.png")
+    else:
+        with Image.open(io.BytesIO(image)) as picture:
+            suffix = (picture.format or "png").lower().replace("jpeg", "jpg")
+        (folder / f"{name}.{suffix}").write_bytes(image)
+
+
 def export(path: str | Path, out: str | Path) -> int:
     """Write every feedback image into out/<label>/<id>.<format>, a folder `imgclf train --dataset folder:` reads;
     returns how many."""
@@ -279,16 +448,21 @@ def export(path: str | Path, out: str | Path) -> int:
                 select(FEEDBACK.c.id, FEEDBACK.c.label, FEEDBACK.c.image, FEEDBACK.c.inverted).order_by(FEEDBACK.c.id)):
             if not is_plain_name(label):
                 raise ImgclfError(f"feedback row {row_id} has the label {label!r}, which cannot be a folder name.")
-            folder = out / label
-            folder.mkdir(parents=True, exist_ok=True)
-            if inverted:  # as the model saw it: a dark-on-light photo the server inverted
-                with Image.open(io.BytesIO(image)) as picture:
-                    pixels = 255 - image_to_tensor(picture).permute(1, 2, 0)  # (H, W, C), as serving reads it
-                Image.fromarray(pixels.squeeze(-1).numpy() if pixels.shape[-1] == 1 else pixels.numpy()).save(
-                    folder / f"{row_id}.png")
-            else:
-                with Image.open(io.BytesIO(image)) as picture:
-                    suffix = (picture.format or "png").lower().replace("jpeg", "jpg")
-                (folder / f"{row_id}.{suffix}").write_bytes(image)
+            _write_image(out / label, str(row_id), image, bool(inverted))
+            count += 1
+    return count
+
+
+def export_unlabelled(path: str | Path, out: str | Path) -> int:
+    """Write the kept images no correction names into out/<prediction_id>.<format>, a plain folder of unlabelled
+    images; returns how many."""
+    count = 0
+    with _reading(path) as db:
+        corrected = select(FEEDBACK.c.id).where(FEEDBACK.c.prediction_id == KEPT.c.prediction_id).exists()
+        for prediction_id, image, inverted in _has_kept(db, path).execute(
+                select(KEPT.c.prediction_id, KEPT.c.image, KEPT.c.inverted).where(~corrected).order_by(KEPT.c.slot)):
+            if not is_plain_name(prediction_id):
+                raise ImgclfError(f"a kept image has the prediction_id {prediction_id!r}, which cannot be a file name.")
+            _write_image(Path(out), prediction_id, image, bool(inverted))
             count += 1
     return count
