@@ -54,7 +54,7 @@ def test_a_server_keeps_a_bounded_sample_that_stays_labellable_after_recent_pred
     digits = [encode(mnist.splits["test"].images[i, 0].numpy()) for i in range(6)]
     token = {"authorization": "Bearer t0ken"}
     with (serving(mnist_run, feedback_db=str(tmp_path / "f.db"), keep_unlabelled=3, remember=1,
-                  feedback_token="t0ken") as url, httpx.Client(base_url=url, headers=token) as client):
+                  feedback_token="t0ken", unknown=True) as url, httpx.Client(base_url=url, headers=token) as client):
         answers = [client.post("/v1/predict", content=d, headers={"content-type": "image/png"}).json()
                    for d in digits]
         listed = queued(client, 3)
@@ -62,7 +62,10 @@ def test_a_server_keeps_a_bounded_sample_that_stays_labellable_after_recent_pred
         said = {a["prediction_id"]: a for a in answers}
         first = listed[0]
         top = said[first["prediction_id"]]["top"]
-        assert first["predicted"] == top[0]["label"] and first["unknown_score"] is None
+        assert first["predicted"] == top[0]["label"]
+        assert first["unknown_score"] == pytest.approx(said[first["prediction_id"]]["unknown_score"])
+        by_unknown = [q["unknown_score"] for q in client.get("/v1/queue", params={"by": "unknown"}).json()["queue"]]
+        assert by_unknown == sorted(by_unknown, reverse=True) and None not in by_unknown
         assert first["margin"] == pytest.approx(top[0]["probability"] - top[1]["probability"])
         image = client.get(f"/v1/queue/{first['prediction_id']}/image")
         assert image.headers["content-type"] == "image/png" and image.content in digits

@@ -146,8 +146,10 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
         os.environ[WORKER_SETTINGS] = json.dumps({"model": str(args.run_dir.resolve()), "config": asdict(config),
                                                   "threads": args.threads})
+        # a worker busy loading torch and the model on a loaded machine can miss uvicorn's 5 s health check and be
+        # killed and restarted over and over: give it a minute
         settings = server_config("imgclf.serve.app:worker_app", config, args.host, args.port, factory=True,
-                                 workers=args.workers, **options)
+                                 workers=args.workers, timeout_worker_healthcheck=60, **options)
         _started(args)
         Multiprocess(settings, sockets=[settings.bind_socket()]).run()
     finally:
