@@ -52,9 +52,10 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
         "folder:") else {"data.data_dir": str(data_dir)}
     feedback = out / f"{name}.feedback"  # the config is checked before the feedback is exported into it
     semi = {} if unlabelled is None else {"data.unlabelled": str(Path(unlabelled).expanduser().resolve())}
-    config = with_overrides(config, {**moved, **semi, "name": name, "out": str(out), "data.extra": str(feedback / "train"),
-                                     "model.init": str(folder.resolve()), "model.pretrained": False,
-                                     "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
+    config = with_overrides(config, {**moved, **semi, "name": name, "out": str(out),
+                                     "data.extra": str(feedback / "train"), "model.init": str(folder.resolve()),
+                                     "model.pretrained": False, "train.epochs": epochs,
+                                     "train.lr": config.train.lr * lr_factor})
     train_dir, held_dir = _split_feedback(feedback_db, feedback, holdout, min_holdout)
     new = train(config, progress=progress).path
     models = {label: load_model(path) for label, path in (("before", folder), ("after", new))}
