@@ -8,7 +8,7 @@ by the seed), written as a <class>/ folder; one run on them alone and one with d
 as in FixMatch's own setup). Both runs of a pair share everything else, including the wall-time budget
 train.time: the semi-supervised run spends it on fewer, larger steps. Both keep their final weights (no
 validation split: labels are scarce) and are scored on the 10,000 MNIST test images. The difference is tested
-with a paired t-test over the seeds.
+with a paired t-test over the seeds. Runs use one torch thread by default (see --threads).
 """
 
 from __future__ import annotations
