@@ -67,7 +67,7 @@ def test_retrain_learns_from_unlabelled_images_and_the_promotion_rule_still_deci
                                                                                     mnist_unlabelled, capsys):
     run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
     _feedback(tmp_path / "f.db", mnist, 30)
-    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "0.1", "--holdout", "0.5",
+    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "0.02", "--holdout", "0.5",
                  "--min-holdout", "5", "--unlabelled", str(mnist_unlabelled), "--name", "semi"]) == 0
     new = tmp_path / "runs" / "semi"
     config = yaml.safe_load((new / "config.yaml").read_text())

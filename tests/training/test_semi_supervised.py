@@ -17,9 +17,9 @@ from imgclf.training.parts import build_parts
 
 
 def _config(tmp_path, mnist_dir, **overrides):
-    """250 real MNIST training images, mnist-fast, 10 steps an epoch, each with 50 unlabelled images."""
+    """150 real MNIST training images, mnist-fast, 6 steps an epoch, each with 50 unlabelled images."""
     base = {"out": str(tmp_path / "runs"), "data.dataset": "mnist", "data.data_dir": str(mnist_dir),
-            "data.subset": 250, "data.val_fraction": 0, "data.augment": "digits", "data.num_workers": 0,
+            "data.subset": 150, "data.val_fraction": 0, "data.augment": "digits", "data.num_workers": 0,
             "model.name": "mnist-fast", "train.epochs": 1, "train.batch_size": 25, "train.lr": 0.003,
             "train.unlabelled_ratio": 2, "train.pseudo_threshold": 0.9}
     return load_config(None, {**base, **overrides})
@@ -77,16 +77,16 @@ def test_semi_supervised_run_logs_pseudo_rate_learns_from_it_and_resumes_exactly
     batches) end elsewhere: the unlabelled loss moved the weights."""
     semi = {"data.unlabelled": str(mnist_unlabelled), "model.init": str(mnist_run)}
     whole = train(_config(tmp_path, mnist_dir, name="whole", **semi), progress=False, test=False)
-    cut = train(_config(tmp_path, mnist_dir, name="cut", **semi), progress=False, test=False, max_steps=4)
+    cut = train(_config(tmp_path, mnist_dir, name="cut", **semi), progress=False, test=False, max_steps=3)
     resumed = train(resume=cut.path, progress=False, test=False)
     a, b = load_file(whole.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == [
         {k: v for k, v in row.items() if k != "seconds"} for row in whole.history]
     rate = whole.history[-1]["pseudo_rate"]
-    assert 0.5 < rate < 1  # measured 0.79: the started model is sure of most digits, not of all
+    assert 0.5 < rate < 1  # measured 0.72: the started model is sure of most digits, not of all
     assert float(next(csv.DictReader((whole.path / "metrics.csv").open()))["pseudo_rate"]) == pytest.approx(rate)
     unweighted = train(_config(tmp_path, mnist_dir, name="unweighted", **semi, **{"train.unlabelled_weight": 0}),
-                       progress=False, test=False, max_steps=4)
+                       progress=False, test=False, max_steps=3)
     c, d = (torch.load(run.path / "state.pt", weights_only=True)["model"] for run in (cut, unweighted))
     assert any(not torch.equal(c[k], d[k]) for k in c if k.endswith("weight"))
