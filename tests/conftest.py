@@ -44,22 +44,6 @@ def mnist_run(tmp_path_factory, mnist_dir) -> Path:
     return train(config, progress=False).path
 
 
-@pytest.fixture(scope="session")
-def mnist_unlabelled(tmp_path_factory, mnist) -> Path:
-    """300 real MNIST training digits (from index 40,000 on, none of the first 6,000 that runs train on) as PNGs
-    nested at any depth, with folder names that mean nothing, plus a text file and a cut PNG to be skipped.
-    Shared: do not write into it."""
-    root = tmp_path_factory.mktemp("unlabelled")
-    split = mnist.splits["train"]
-    for i in range(300):
-        path = root / f"batch{i % 3}" / ("deeper" if i % 2 else "") / f"{40_000 + i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(split.images[40_000 + i, 0].numpy()).save(path)
-    (root / "README.txt").write_text("images users sent, kept for semi-supervised training")
-    (root / "batch0" / "cut.png").write_bytes((root / "batch0" / "40000.png").read_bytes()[:60])
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's real cache, and the data dir comes only from arguments."""
@@ -93,6 +77,22 @@ def image_folder(tmp_path) -> Path:
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_unlabelled(tmp_path_factory, mnist) -> Path:
+    """300 real MNIST training digits (from index 40,000 on, none of the first 6,000 that runs train on) as PNGs
+    nested at any depth, with folder names that mean nothing, plus a text file and a cut PNG to be skipped.
+    Shared: do not write into it."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    split = mnist.splits["train"]
+    for i in range(300):
+        path = root / f"batch{i % 3}" / ("deeper" if i % 2 else "") / f"{40_000 + i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(split.images[40_000 + i, 0].numpy()).save(path)
+    (root / "README.txt").write_text("images users sent, kept for semi-supervised training")
+    (root / "batch0" / "cut.png").write_bytes((root / "batch0" / "40000.png").read_bytes()[:60])
     return root
 
 
