@@ -97,6 +97,22 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def mnist_unlabelled(tmp_path_factory, mnist) -> Path:
+    """300 real MNIST training digits (from index 40,000 on, none of the first 6,000 that runs train on) as PNGs
+    nested at any depth, with folder names that mean nothing, plus a text file and a cut PNG to be skipped.
+    Shared: do not write into it."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    split = mnist.splits["train"]
+    for i in range(300):
+        path = root / f"batch{i % 3}" / ("deeper" if i % 2 else "") / f"{40_000 + i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(split.images[40_000 + i, 0].numpy()).save(path)
+    (root / "README.txt").write_text("images users sent, kept for semi-supervised training")
+    (root / "batch0" / "cut.png").write_bytes((root / "batch0" / "40000.png").read_bytes()[:60])
+    return root
+
+
 def _postgres_programs() -> Path:
     """The folder of PostgreSQL's server programs: on PATH, or where Debian's postgresql package puts them."""
     found = shutil.which("pg_ctl")

@@ -79,6 +79,8 @@ class DataConfig:
     memory_limit_gb: NonNegative = 2.0  # the most memory (GiB) in_memory null decodes images into
     strict: bool = False  # fail on unreadable files instead of skipping them
     extra: str | None = None  # a <class>/ folder of more training images (imgclf feedback export), always trained on
+    unlabelled: str | None = None  # semi-supervised: a folder of unlabelled images (folder:PATH or PATH; searched at
+    # any depth, folder names ignored), trained on with confident pseudo-labels (FixMatch); see train.unlabelled_*
 
     def fractions(self) -> dict[str, float] | None:
         """How a plain image folder is split: train, val_fraction, test_fraction (None: 80/10/10)."""
@@ -131,6 +133,11 @@ class TrainConfig:
     attack_steps: Count = 7  # pgd: steps per batch (step size 2.5 x eps / steps, random start)
     sync_bn: bool = False  # torchrun on GPUs: batch norm statistics over the global batch (SyncBatchNorm)
     dist_timeout: Positive = 300.0  # torchrun: seconds a process waits for the others before the run fails
+    unlabelled_ratio: Count = 3  # semi-supervised (data.unlabelled): unlabelled images per labelled one in each
+    # step (FixMatch's mu; 7 in the paper, on GPUs)
+    pseudo_threshold: Share = 0.95  # an unlabelled image trains only if the model gives its weakly augmented
+    # version this probability or more; its top class is then the target for a strongly augmented version
+    unlabelled_weight: NonNegative = 1.0  # weight of the unlabelled loss next to the labelled one (lambda_u)
     seed: int = 0  # weights, data order and augmentation
     open_set: Literal["energy", "mahalanobis", "msp", "off"] = "energy"  # unknown-input detection fitted at the
     # end of training: the score that answers unknown in imgclf predict/serve --unknown (energy, msp: from the
@@ -207,8 +214,8 @@ def with_overrides(config: Config, overrides: dict[str, object]) -> Config:
 
 
 def absolute_paths(config: Config) -> Config:
-    """`config` with its files and folders (folder dataset, data_dir, extra, weights, init) as absolute paths: a
-    run's config.yaml then names the same data from whatever directory it is used."""
+    """`config` with its files and folders (folder dataset, data_dir, extra, unlabelled, weights, init) as absolute
+    paths: a run's config.yaml then names the same data from whatever directory it is used."""
     def absolute(path: str | None) -> str | None:
         return None if path is None else os.path.abspath(os.path.expanduser(path))
 
@@ -216,8 +223,13 @@ def absolute_paths(config: Config) -> Config:
     dataset = f"folder:{absolute(data.dataset[7:])}" if data.dataset.startswith("folder:") else data.dataset
     return dataclasses.replace(
         config, data=dataclasses.replace(data, dataset=dataset, data_dir=absolute(data.data_dir),
-                                         extra=absolute(data.extra)),
+                                         extra=absolute(data.extra), unlabelled=absolute(unlabelled_folder(data))),
         model=dataclasses.replace(model, weights=absolute(model.weights), init=absolute(model.init)))
+
+
+def unlabelled_folder(data: DataConfig) -> str | None:
+    """data.unlabelled as a plain folder path (folder:PATH or PATH), or None."""
+    return None if data.unlabelled is None else data.unlabelled.removeprefix("folder:")
 
 
 def _apply(data: dict, overrides: dict[str, object]) -> dict:

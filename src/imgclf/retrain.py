@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr_factor: float = 0.1,
             holdout: float = 0.3, min_holdout: int = 10, name: str | None = None, out: str | Path | None = None,
-            data_dir: str | Path | None = None, progress: bool = False) -> dict:
+            data_dir: str | Path | None = None, unlabelled: str | Path | None = None, progress: bool = False) -> dict:
     """Fine-tune `run` (a run directory) on its data plus about (1 - holdout) of the feedback; score old and new
     on the original test split and the held-out feedback; write retrain.json into the new run and, if it is
     promoted, its name into CURRENT in the runs folder. Returns the comparison. `data_dir`: where the run's
-    data is now, if it moved (its image folder, or the folder with a named dataset's files).
+    data is now, if it moved (its image folder, or the folder with a named dataset's files). `unlabelled`: a folder
+    of images without labels (e.g. what the service kept) that fine-tuning also learns from, through confident
+    pseudo-labels (data.unlabelled); the promotion rule judges the result as any other.
 
     The feedback is what users sent: a hold-out of a few images decides little, and a user who sends wrong
     labels on purpose can steer it. The test split guards against the worst; review `imgclf feedback stats`."""
@@ -49,9 +51,11 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
     moved = {} if data_dir is None else {"data.dataset": f"folder:{data_dir}"} if config.data.dataset.startswith(
         "folder:") else {"data.data_dir": str(data_dir)}
     feedback = out / f"{name}.feedback"  # the config is checked before the feedback is exported into it
-    config = with_overrides(config, {**moved, "name": name, "out": str(out), "data.extra": str(feedback / "train"),
-                                     "model.init": str(folder.resolve()), "model.pretrained": False,
-                                     "train.epochs": epochs, "train.lr": config.train.lr * lr_factor})
+    semi = {} if unlabelled is None else {"data.unlabelled": str(Path(unlabelled).expanduser().resolve())}
+    config = with_overrides(config, {**moved, **semi, "name": name, "out": str(out),
+                                     "data.extra": str(feedback / "train"), "model.init": str(folder.resolve()),
+                                     "model.pretrained": False, "train.epochs": epochs,
+                                     "train.lr": config.train.lr * lr_factor})
     train_dir, held_dir = _split_feedback(feedback_db, feedback, holdout, min_holdout)
     new = train(config, progress=progress).path
     models = {label: load_model(path) for label, path in (("before", folder), ("after", new))}
@@ -68,7 +72,8 @@ def retrain(run: str | Path, feedback_db: str | Path, *, epochs: float = 1.0, lr
               "promoted": better and kept,
               "reason": ("better on the held-out feedback and not worse on the test split" if better and kept else
                          "not better on the held-out feedback" if not better else "worse on the original test split"),
-              "settings": {"epochs": epochs, "lr_factor": lr_factor, "holdout": holdout, "min_holdout": min_holdout}}
+              "settings": {"epochs": epochs, "lr_factor": lr_factor, "holdout": holdout, "min_holdout": min_holdout,
+                           "unlabelled": config.data.unlabelled}}
     atomic_write(new / "retrain.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     if result["promoted"]:
         atomic_write(out / "CURRENT", lambda tmp: tmp.write_text(new.name + "\n"))

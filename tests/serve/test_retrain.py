@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -60,6 +61,25 @@ def test_retrain_compares_on_test_and_held_out_feedback_and_promotes_by_the_rule
     # it learned the dark-on-light digits (measured: 0.20 -> 0.91 held out, test 0.9733 -> 0.9792: promoted)
     assert after["feedback"]["accuracy"] > before["feedback"]["accuracy"] + 0.3 and result["promoted"]
     assert "held-out feedback" in printed and ("promoted" in printed)
+
+
+def test_retrain_learns_from_unlabelled_images_and_the_promotion_rule_still_decides(mnist_run, mnist, tmp_path,
+                                                                                    mnist_unlabelled, capsys):
+    run = shutil.copytree(mnist_run, tmp_path / "runs" / "fast")
+    _feedback(tmp_path / "f.db", mnist, 30)
+    assert main(["retrain", str(run), "--feedback", str(tmp_path / "f.db"), "--epochs", "0.02", "--holdout", "0.5",
+                 "--min-holdout", "5", "--unlabelled", str(mnist_unlabelled), "--name", "semi"]) == 0
+    new = tmp_path / "runs" / "semi"
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    assert config["data"]["unlabelled"] == str(mnist_unlabelled.resolve())
+    assert float(next(csv.DictReader((new / "metrics.csv").open()))["pseudo_rate"]) > 0.5  # pseudo-labels trained
+    result = json.loads((new / "retrain.json").read_text())
+    before, after = result["before"], result["after"]
+    rule = (after["feedback"]["accuracy"] > before["feedback"]["accuracy"]
+            and after["test"]["accuracy"] >= before["test"]["accuracy"])
+    assert result["promoted"] == rule and (tmp_path / "runs" / "CURRENT").is_file() == rule
+    assert result["settings"]["unlabelled"] == str(mnist_unlabelled.resolve())
+    assert f"and the unlabelled images in {mnist_unlabelled.resolve()}" in capsys.readouterr().out
 
 
 def test_retrain_errors(mnist_run, mnist, tmp_path):

@@ -24,6 +24,9 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     retrain.add_argument("--name", help="name of the new run (default <run>-retrained-<time>)")
     retrain.add_argument("--out", type=Path, help="parent folder of the new run (default: the old run's)")
     retrain.add_argument("--data-dir", help=MOVED)
+    retrain.add_argument("--unlabelled", type=Path, metavar="PATH",
+                         help="a folder of unlabelled images (any layout) to learn from too, through confident "
+                              "pseudo-labels (semi-supervised, data.unlabelled)")
     retrain.set_defaults(run=_retrain)
 
 
@@ -33,8 +36,9 @@ def _retrain(args: argparse.Namespace) -> None:
 
     r = retrain(args.run_dir, args.feedback, epochs=args.epochs, lr_factor=args.lr_factor, holdout=args.holdout,
                 min_holdout=args.min_holdout, name=args.name, out=args.out, data_dir=args.data_dir,
-                progress=not args.quiet)
-    print(f"fine-tuned on the run's data plus {r['feedback_train_images']} corrected images")
+                unlabelled=args.unlabelled, progress=not args.quiet)
+    unlabelled = f" and the unlabelled images in {r['settings']['unlabelled']}" if r["settings"]["unlabelled"] else ""
+    print(f"fine-tuned on the run's data plus {r['feedback_train_images']} corrected images{unlabelled}")
     print(f"{'':<8}{'test accuracy':>16}{'held-out feedback':>20}  run")
     for when in ("before", "after"):
         test, held = r[when]["test"], r[when]["feedback"]

@@ -6,16 +6,24 @@ import difflib
 from pathlib import Path
 
 from imgclf.data.core import Dataset, FileSplit, Split, TensorSplit, channel_stats, describe
-from imgclf.data.folder import load_folder, with_extra
-from imgclf.data.loader import batches, in_memory, to_memory
+from imgclf.data.folder import load_folder, load_unlabelled, with_extra
+from imgclf.data.loader import batches, images_at, in_memory, to_memory
 from imgclf.data.named import NAMES, load_named
 from imgclf.data.splits import kfold, stratified_split, train_val
-from imgclf.data.transforms import AUGMENT_PRESETS, Augment, Preprocess, augment_preset, image_to_tensor
+from imgclf.data.transforms import (
+    AUGMENT_PRESETS,
+    Augment,
+    Preprocess,
+    augment_preset,
+    image_to_tensor,
+    strong_augment,
+)
 from imgclf.errors import DataError
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
            "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
-           "in_memory", "kfold", "load_dataset", "stratified_split", "to_memory", "train_val", "with_extra"]
+           "images_at", "in_memory", "kfold", "load_dataset", "load_unlabelled", "stratified_split", "strong_augment",
+           "to_memory", "train_val", "with_extra"]
 
 
 def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,

@@ -88,20 +88,47 @@ def _scan(folder: Path, problems: list[str], skipped: list[str], decode: bool, s
         skipped += [f.name for f in stray]
         problems.append(f"{folder} has {len(stray)} image(s) outside class subfolders, left out "
                         f"({_names(stray)}); move them into a <class>/ folder.")
-    every = [p for paths in files.values() for p in paths]
-    # the same files (paths, sizes, times) were checked before: skip opening every one of them again
-    key = files_key([mark for found in listed.values() for _, mark in found], decode, _CHECK)
-    verdicts = dict(cached_json("scan", key, lambda: _check(every, folder, decode)))
+    verdicts = _verdicts([item for found in listed.values() for item in found], folder, decode)
     if verdicts:
         files = {name: [p for p in paths if os.path.abspath(p) not in verdicts] for name, paths in files.items()}
-    names = [Path(os.path.relpath(path, os.path.abspath(folder))).as_posix() for path in verdicts]  # <class>/<file>
-    skipped += names
-    bad = [f"{name} ({reason})" for name, reason in zip(names, verdicts.values(), strict=True)]
-    if bad:
-        problems.append(f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
-                        + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "")
-                        + ". Remove or fix them.")
+        problems.append(_skipped(verdicts, folder))
+    skipped += [Path(os.path.relpath(path, os.path.abspath(folder))).as_posix() for path in verdicts]  # <class>/<file>
     return files
+
+
+def _verdicts(found: list[tuple[Path, str]], folder: Path, decode: bool) -> dict[str, str]:
+    """absolute path -> why it is no readable image, for the (path, stamp) files found under `folder`."""
+    # the same files (paths, sizes, times) were checked before: skip opening every one of them again
+    key = files_key([mark for _, mark in found], decode, _CHECK)
+    return dict(cached_json("scan", key, lambda: _check([path for path, _ in found], folder, decode)))
+
+
+def _skipped(verdicts: dict[str, str], folder: Path) -> str:
+    """The problem line naming the files of `verdicts` (relative to `folder`) and why each was left out."""
+    bad = [f"{Path(os.path.relpath(path, os.path.abspath(folder))).as_posix()} ({reason})"
+           for path, reason in verdicts.items()]
+    return (f"{len(bad)} file(s) under {folder} skipped: {'; '.join(bad[:_SHOWN])}"
+            + (f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else "") + ". Remove or fix them.")
+
+
+def load_unlabelled(root: Path, strict: bool = False) -> FileSplit:
+    """Every readable image file under `root`, at any depth, for semi-supervised training: folder names are not
+    labels (all labels are 0). Other files are left out with a warning (with `strict`, an error)."""
+    if not root.is_dir():
+        raise DataError(f"unlabelled image folder {root} does not exist or is not a folder; set data.unlabelled "
+                        "to a folder of images (any layout), or leave it unset.")
+    found = _files(root)
+    verdicts = _verdicts(found, root, strict)
+    if verdicts and strict:
+        raise DataError(f"{root} fails --strict: {_skipped(verdicts, root)}")
+    if verdicts:
+        log.warning("%s", _skipped(verdicts, root))
+    kept = [(path, mark) for path, mark in found if os.path.abspath(path) not in verdicts]
+    if not kept:
+        raise DataError(f"unlabelled image folder {root} has no readable images; put image files (.png, .jpg, "
+                        "...) in it, at any depth, or leave data.unlabelled unset.")
+    return FileSplit([path for path, _ in kept], torch.zeros(len(kept), dtype=torch.int64),
+                     [mark for _, mark in kept])
 
 
 def _rare_formats(paths: list[Path]) -> list[str]:

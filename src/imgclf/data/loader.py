@@ -83,3 +83,14 @@ def batches(split: Split, preprocess: Preprocess, batch_size: int, *, order: tor
         if augment is not None:
             x = augment(x, generator)
         yield preprocess.normalize(x), labels
+
+
+def images_at(split: Split, preprocess: Preprocess, indices: torch.Tensor, device: str | torch.device = "cpu"
+              ) -> torch.Tensor:
+    """(B, C, H, W) float images in [0, 1] at the model's size, of the samples at `indices` (labels ignored): a
+    batch drawn at random, as semi-supervised training draws its unlabelled images."""
+    if isinstance(split, TensorSplit):
+        images = split.images[indices.to(split.images.device)]
+    else:  # decoded here: a few hundred files a step, too few to be worth DataLoader workers
+        images = torch.stack([preprocess.prepare(split[i][0]) for i in indices.tolist()])
+    return preprocess.prepare(images.to(device)).float() / 255

@@ -216,6 +216,17 @@ AUGMENT_PRESETS: dict[str, Augment] = {
 }
 
 
+def strong_augment(weak: Augment) -> Augment:
+    """The strong augmentation of semi-supervised training (FixMatch, Sohn et al. 2020) built on the run's own
+    (weak) one: a wider affine, brightness and contrast, noise, and a cutout on every image. Flips stay as the
+    weak one has them, so digits are never mirrored. FixMatch's RandAugment picks discrete operations per
+    image; these continuous ones run on a whole batch at once."""
+    return replace(weak, rotate=max(weak.rotate, 25.0), scale=(min(weak.scale[0], 0.8), max(weak.scale[1], 1.2)),
+                   translate=max(weak.translate, 0.125), shear=max(weak.shear, 15.0),
+                   brightness=max(weak.brightness, 0.4), contrast=max(weak.contrast, 0.5), erase=1.0,
+                   noise=max(weak.noise, 0.1))
+
+
 def augment_preset(name: str) -> Augment:
     """The named augmentation preset, with the valid names in the error."""
     try:

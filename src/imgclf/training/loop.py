@@ -22,7 +22,7 @@ from tqdm import tqdm
 from imgclf import openset
 from imgclf.attacks import pgd
 from imgclf.config import Config, absolute_paths, check_config, load_config, with_overrides
-from imgclf.data import FileSplit, Split, batches, membership
+from imgclf.data import FileSplit, Split, batches, images_at, membership
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
 from imgclf.models import model_entry
@@ -183,10 +183,16 @@ class Trainer:
         self.session_start = time.monotonic()  # elapsed counts training time over all sessions of the run
         self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * group.rank)
         self.net, self.trainable = model, None  # the model as the forward pass sees it (DDP under torchrun)
-        self.partial = {"loss": 0.0, "correct": 0, "count": 0}
+        self.partial = self._fresh_partial()
         self.history: list[dict] = []
         self.best: dict = {}
         self.tracker = OFF  # open while fit runs, on rank 0
+
+    def _fresh_partial(self) -> dict:
+        """The epoch's running sums: loss, right answers, images; with unlabelled data, also how many unlabelled
+        images were drawn and how many of them were confident enough to train on."""
+        sums = {"loss": 0.0, "correct": 0, "count": 0}
+        return {**sums, "unlabelled": 0, "pseudo": 0} if self.parts.unlabelled is not None else sums
 
     def save_membership(self) -> None:
         """data.json: which files each split holds, to evaluate the run anywhere (image folders only)."""
@@ -345,12 +351,14 @@ class Trainer:
             x = self._adversarial(x, y)
         # skipping a bad batch must also undo what its forward pass did to batch norm statistics
         buffers = [b.clone() for b in parts.model.buffers()] if cfg.nonfinite == "skip" else []
-        logits, loss = parts.batch_loss(self.net, x, y)
+        unlabelled = self._unlabelled_batch() if parts.unlabelled is not None else None
+        logits, loss = parts.batch_loss(self.net, x, y, unlabelled)
         finite = bool(torch.isfinite(loss))
+        drawn, kept = (len(unlabelled[2]), float(unlabelled[2].sum())) if unlabelled is not None else (0, 0.0)
         # summed over the processes: every one skips a step if any has a non-finite loss
-        loss_sum, correct, count, bad = self.group.sum(
-            [loss.item() * len(y) if finite else 0.0, float((logits.argmax(1) == y).sum()), len(y), not finite],
-            parts.device)
+        loss_sum, correct, count, bad, drawn, kept = self.group.sum(
+            [loss.item() * len(y) if finite else 0.0, float((logits.argmax(1) == y).sum()), len(y), not finite,
+             drawn, kept], parts.device)
         if bad:
             self._nonfinite(loss.item() if not finite else "non-finite in another process")
             with torch.no_grad():
@@ -365,10 +373,26 @@ class Trainer:
             self.partial["loss"] += loss_sum
             self.partial["correct"] += int(correct)
             self.partial["count"] += int(count)
+            if unlabelled is not None:
+                self.partial["unlabelled"] += int(drawn)
+                self.partial["pseudo"] += int(kept)
             if parts.per_step:
                 parts.schedule.step()
         self.step += 1
         self.batch += 1
+
+    def _unlabelled_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This step's unlabelled images, strongly augmented, with the pseudo-labels and mask of their weakly
+        augmented versions (Parts.pseudo_labels). Which images is a function of the seed, step and process, and
+        the augmentations draw from aug_rng, so a resumed run draws exactly what the uninterrupted one did."""
+        cfg, parts = self.config.train, self.parts
+        count = min(self.local_batch * cfg.unlabelled_ratio, len(parts.unlabelled))
+        pick = torch.Generator().manual_seed(hash((cfg.seed, self.group.rank, self.step)) % 2**63)
+        order = torch.randperm(len(parts.unlabelled), generator=pick)
+        images = images_at(parts.unlabelled, parts.preprocess, order[:count], parts.device)  # (mu B, C, H, W), [0, 1]
+        weak = parts.preprocess.normalize(parts.augment(images, self.aug_rng))
+        strong = parts.preprocess.normalize(parts.strong(images, self.aug_rng))
+        return (strong, *parts.pseudo_labels(weak))
 
     def _adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch attacked within train.eps of its pixels (adversarial training, Madry et al. 2018): the attack
@@ -404,13 +428,15 @@ class Trainer:
                "step": self.step,
                "train_loss": self.partial["loss"] / max(1, self.partial["count"]),
                "train_acc": self.partial["correct"] / max(1, self.partial["count"]),
+               **({"pseudo_rate": self.partial["pseudo"] / max(1, self.partial["unlabelled"])}
+                  if self.parts.unlabelled is not None else {}),
                **self.validate(), "lr": self.parts.optimizer.param_groups[-1]["lr"],
                "seconds": round(self.elapsed_now(), 2)}
         self.history.append(row)
         self.tracker.scalars(row["step"], {f"epoch/{key}": value for key, value in row.items()
                                            if key not in ("epoch", "step", "seconds")})
         if complete:  # a fractional epoch keeps its place, so a longer resumed run finishes that same epoch
-            self.epoch, self.batch, self.partial = self.epoch + 1, 0, {"loss": 0.0, "correct": 0, "count": 0}
+            self.epoch, self.batch, self.partial = self.epoch + 1, 0, self._fresh_partial()
         if not self.parts.per_step:
             self.parts.schedule.step(row.get(cfg.monitor, row["train_loss"]))
         improved = self._keep_if_best(row)

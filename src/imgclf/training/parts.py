@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imgclf.config import Config, TrainConfig
+from imgclf.config import Config, TrainConfig, unlabelled_folder
 from imgclf.data import (
     Augment,
     Dataset,
@@ -21,6 +21,8 @@ from imgclf.data import (
     default_preprocess,
     in_memory,
     load_dataset,
+    load_unlabelled,
+    strong_augment,
     train_val,
     with_extra,
 )
@@ -56,18 +58,43 @@ class Parts:
     per_step: bool  # the schedule steps after every batch, else after every epoch with the monitored value
     loss_weights: torch.Tensor | None  # train.class_weights: inverse class frequencies
     scaler: torch.amp.GradScaler
+    unlabelled: Split | None = None  # data.unlabelled's images (labels unused), for semi-supervised training
+    strong: Augment | None = None  # their strong augmentation; the weak one is `augment`
 
-    def batch_loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, loss) of `net` on a batch as training computes them: in train.precision, cross-entropy with
-        label smoothing and class weights."""
-        cfg = self.settings
+    def batch_loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   unlabelled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) of `net` on a labelled batch as training computes them: in train.precision, cross-entropy
+        with label smoothing and class weights. With `unlabelled` (strongly augmented images, their pseudo-labels
+        and a 0/1 mask, see pseudo_labels) the loss adds unlabelled_weight x their masked cross-entropy, averaged
+        over all of them (FixMatch, Sohn et al. 2020)."""
+        cfg, n = self.settings, len(x)
+        if unlabelled is not None:  # one forward pass: batch norm normalizes both together, as in FixMatch
+            x = torch.cat([x, unlabelled[0]])
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
-                            enabled=cfg.precision != "fp32"):
-            logits = net(x)
+        with self._autocast():
+            out = net(x)
+            logits = out[:n]
             loss = F.cross_entropy(logits.float(), y, weight=self.loss_weights, label_smoothing=cfg.label_smoothing)
+            if unlabelled is not None:
+                _, pseudo, mask = unlabelled
+                strong_loss = F.cross_entropy(out[n:].float(), pseudo, reduction="none")
+                loss = loss + cfg.unlabelled_weight * (strong_loss * mask).mean()
         return logits, loss
+
+    def pseudo_labels(self, weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) pseudo-labels of weakly augmented unlabelled images, the model's top class, and a (B,) float mask,
+        1 where its probability reaches train.pseudo_threshold; no gradient flows back."""
+        with torch.no_grad(), self._autocast():
+            probabilities = self.model(weak).float().softmax(1)
+        confidence, labels = probabilities.max(1)
+        return labels, (confidence >= self.settings.pseudo_threshold).float()
+
+    def _autocast(self) -> torch.autocast:
+        precision = self.settings.precision
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                              enabled=precision != "fp32")
 
     def update(self, loss: torch.Tensor) -> None:
         """One optimizer step on `loss`'s gradients, scaled for fp16 and clipped to train.clip."""
@@ -114,6 +141,10 @@ def build_parts(config: Config, group: Group = SINGLE, *, fresh: bool = True) ->
     train_split, val_split = (in_memory(s, preprocess, data.in_memory, data.memory_limit_gb, data.num_workers)
                               for s in (train_split, val_split))
     augment = replace(augment_preset(dataset.kind if data.augment == "auto" else data.augment), noise=data.noise)
+    unlabelled = None
+    if data.unlabelled:
+        unlabelled = in_memory(load_unlabelled(Path(unlabelled_folder(data)).expanduser(), data.strict), preprocess,
+                               data.in_memory, data.memory_limit_gb, data.num_workers)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     val_shard = _shard(val_split, group)
@@ -129,7 +160,8 @@ def build_parts(config: Config, group: Group = SINGLE, *, fresh: bool = True) ->
                  steps_per_epoch=steps_per_epoch, total_steps=total_steps, optimizer=optimizer, schedule=schedule,
                  per_step=per_step, loss_weights=_class_weights(train_split, len(dataset.classes), device)
                  if cfg.class_weights else None,
-                 scaler=torch.amp.GradScaler(enabled=cfg.precision == "fp16" and device.type == "cuda"))
+                 scaler=torch.amp.GradScaler(enabled=cfg.precision == "fp16" and device.type == "cuda"),
+                 unlabelled=unlabelled, strong=strong_augment(augment) if unlabelled is not None else None)
 
 
 def _check_group(cfg: TrainConfig, group: Group, device: torch.device) -> None:
