@@ -21,8 +21,17 @@ import torch
 
 from imgclf import openset
 from imgclf.config import Config, load_config
-from imgclf.data import Dataset, Preprocess, Split, TensorSplit, in_memory, load_dataset, membership, train_val
-from imgclf.data.transforms import read_image
+from imgclf.data import (
+    Dataset,
+    Preprocess,
+    Split,
+    TensorSplit,
+    in_memory,
+    load_dataset,
+    load_unlabelled,
+    membership,
+    train_val,
+)
 from imgclf.errors import DataError, ImgclfError
 from imgclf.evaluate import metrics, plots
 from imgclf.evaluate.report import render_report
@@ -30,7 +39,7 @@ from imgclf.evaluate.results import Result
 from imgclf.evaluate.robustness_report import RobustnessReport
 from imgclf.evaluate.stats import accuracy_and_f1_ci
 from imgclf.models import Classifier, create_model, summarize
-from imgclf.predict import image_paths, predict_logits
+from imgclf.predict import predict_logits
 from imgclf.rundir import atomic_write, preprocess_of, run_folder, update_meta
 from imgclf.runtime import ExportedModel, device_for, open_model
 from imgclf.tracking import OFF, Tracker, open_tracker
@@ -470,18 +479,13 @@ def ood_images(source: str, preprocess: Preprocess, limit: int = 10_000, seed: i
     root = Path(source[7:]).expanduser()
     if not root.is_dir():
         raise ImgclfError(f"--ood {source}: {root} is not a folder; pass folder:PATH with PATH a folder of images.")
-    paths = image_paths([root])
-    if len(paths) > limit:
-        paths = [paths[i] for i in np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))]
-    images = []
-    for path in paths:
-        try:
-            images.append(preprocess.prepare(read_image(path)))
-        except DataError:
-            log.warning("--ood: %s is not a readable image; left out", path)
-    if not images:
-        raise ImgclfError(f"--ood {source}: no readable images under {root}; pass a folder of image files.")
-    return TensorSplit(torch.stack(images), torch.zeros(len(images), dtype=torch.int64))
+    try:
+        found = load_unlabelled(root)  # any layout; files that are not images are left out with a warning
+    except DataError:
+        raise ImgclfError(f"--ood {source}: no readable images under {root}; pass a folder of image files.") from None
+    if len(found) > limit:
+        found = found.take(np.sort(np.random.default_rng(seed).choice(len(found), limit, replace=False)))
+    return in_memory(found, preprocess, True)
 
 
 def predict(run: OpenRun, *, latency_runs: int = 100, tta: bool = False, progress: bool = False) -> Predictions:
