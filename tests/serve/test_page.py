@@ -138,7 +138,7 @@ def test_label_the_kept_images_from_the_queue_page(mnist_run, mnist, tmp_path):
             first = queued(client, 3)[0]
         page.click("#queue-link a")  # the classifier's page links to the queue when the server keeps images
         expect(page.locator(".item")).to_have_count(3)
-        page.wait_for_function("document.querySelector('.item img').naturalWidth === 28")  # the kept digit
+        expect(page.locator(".item img").first).to_have_js_property("naturalWidth", 28)  # the kept digit shows
         page.locator(".item").first.locator("button", has_text="4").click()
         expect(page.locator("#status")).to_contain_text(f"saved 4 as the label of an image the model called "
                                                         f"{first['predicted']}")
