@@ -54,6 +54,16 @@ def parents() -> Parents:
     return Parents(logs, scored_on, scoring)
 
 
+def unknown_options(parser: argparse.ArgumentParser) -> None:
+    """--unknown and --unknown-rate (predict, serve): answer unknown for images unlike the training data."""
+    parser.add_argument("--unknown", action="store_true",
+                        help="answer unknown (with the score) for images unlike the training data, by the run's "
+                             "unknown-input detection (fitted at training, or by imgclf evaluate --fit-unknown)")
+    parser.add_argument("--unknown-rate", type=float, metavar="SHARE",
+                        help="with --unknown: the share of validation images answered unknown (default: as fitted, "
+                             "0.05); higher rejects more")
+
+
 def score_on(args: argparse.Namespace) -> ScoreOn:
     """The data a command scores on, from the scored_on parent's --dataset/--data, --data-dir, --split, --device."""
     from imgclf.evaluate.evaluation import ScoreOn  # torch: imported when a command runs, not to parse

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from imgclf.commands.common import Parents, positive
+from imgclf.commands.common import Parents, positive, unknown_options
 from imgclf.errors import ImgclfError
 
 
@@ -27,12 +27,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     predict.add_argument("--out", type=Path, help="write the predictions to this file instead of the screen")
     predict.add_argument("--batch-size", type=positive, default=64, help="images per forward pass (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
-    predict.add_argument("--unknown", action="store_true",
-                         help="answer unknown for images unlike the training data (the run's unknown-input "
-                              "detection; see imgclf evaluate --fit-unknown)")
-    predict.add_argument("--unknown-rate", type=float, metavar="SHARE",
-                         help="with --unknown: the share of validation images answered unknown (default: as fitted, "
-                              "0.05)")
+    unknown_options(predict)
     predict.set_defaults(run=_predict)
 
 

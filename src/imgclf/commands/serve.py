@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from imgclf.commands.common import Parents, positive
+from imgclf.commands.common import Parents, positive, unknown_options
 from imgclf.errors import ImgclfError
 
 
@@ -76,12 +76,7 @@ def add_parser(commands: argparse._SubParsersAction, parents: Parents) -> None:
     serve.add_argument("--runtime", choices=["auto", "torch"], default="auto",
                        help="auto (default): a run's current ONNX export (imgclf export RUN) computes the predictions "
                             "with onnxruntime, several times faster on a CPU; torch: always PyTorch")
-    serve.add_argument("--unknown", action="store_true",
-                       help="answer \"unknown\" (with the score) for images unlike the training data, by the "
-                            "run's unknown-input detection (fitted at training, or by imgclf evaluate --fit-unknown)")
-    serve.add_argument("--unknown-rate", type=float, metavar="SHARE",
-                       help="with --unknown: the share of validation images answered unknown (default: as fitted, "
-                            "0.05); higher rejects more")
+    unknown_options(serve)
     serve.set_defaults(run=_serve)
 
 
