@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from imgclf.data import Preprocess, Split, batches
 from imgclf.errors import ImgclfError
 from imgclf.evaluate.metrics import fit_temperature
-from imgclf.rundir import atomic_write
+from imgclf.rundir import atomic_write, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,9 @@ class OpenSet:
                               "try 0.05.")
         return dataclasses.replace(self, rate=rate)
 
-    def describe(self, rate: float | None = None) -> dict:
+    def describe(self) -> dict:
         """What a report or an API says about it."""
-        rate = self.rate if rate is None else rate
-        return {"method": self.method, "rate": rate, "threshold": self.threshold(rate),
+        return {"method": self.method, "rate": self.rate, "threshold": self.threshold(),
                 "temperature": self.temperature, "validation_images": len(self.val_scores[self.method])}
 
     def save(self, folder: Path) -> None:
@@ -186,14 +185,19 @@ def load(folder: Path, meta: dict) -> OpenSet | None:
     return fitted
 
 
-def required(folder: Path, meta: dict) -> OpenSet:
-    """The run's fitted detector, or one clear error saying how to fit it."""
+def required(path: str | Path, model: object, meta: dict, rate: float | None = None) -> OpenSet:
+    """The fitted detector, at `rate`, of a model opened from `path` (a run directory or a file in it), or one
+    clear error: an exported model has none, and a run without one is told how to fit it."""
+    if not isinstance(model, torch.nn.Module):
+        raise ImgclfError("--unknown needs the run directory (its unknown-input detection uses the PyTorch model), "
+                          "not an exported model file.")
+    folder = run_folder(path)
     fitted = load(folder, meta)
     if fitted is None:
         raise ImgclfError(f"{folder} has no unknown-input detection fitted for these weights ({FILE}); fit it "
                           f"with imgclf evaluate {folder} --fit-unknown (runs trained now fit it at the end of "
                           "training).")
-    return fitted
+    return fitted.with_rate(rate)
 
 
 def score_split(model: torch.nn.Module, split: Split, preprocess: Preprocess, device: torch.device,

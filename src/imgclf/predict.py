@@ -17,7 +17,7 @@ from imgclf.data import Preprocess, Split, batches
 from imgclf.data.folder import IMAGE_SUFFIXES
 from imgclf.data.transforms import read_image
 from imgclf.errors import DataError, ImgclfError
-from imgclf.rundir import preprocess_of, run_folder
+from imgclf.rundir import preprocess_of
 from imgclf.runtime import device_for, open_model
 
 
@@ -85,7 +85,7 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = 
     target = device_for(model, device)
     model = model.to(target).eval()
     preprocess, classes = preprocess_of(meta), meta["classes"]
-    fitted = _open_set(run, model, meta, unknown_rate) if unknown else None
+    fitted = openset.required(run, model, meta, unknown_rate) if unknown else None
     threshold = fitted.threshold() if fitted else None
     results = []
     for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch", leave=False,
@@ -116,10 +116,3 @@ def predict_files(run: str | Path, paths: list[Path], top: int = 3, tta: bool = 
                 prediction.unknown = score is not None and score > threshold
     return results
 
-
-def _open_set(run: str | Path, model: object, meta: dict, rate: float | None) -> openset.OpenSet:
-    """The run's unknown-input detection at `rate`, or one clear error (an export has none)."""
-    if not isinstance(model, torch.nn.Module):
-        raise ImgclfError("--unknown needs the run directory (its unknown-input detection uses the PyTorch model), "
-                          "not an exported model file.")
-    return openset.required(run_folder(run), meta).with_rate(rate)

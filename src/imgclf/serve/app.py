@@ -49,7 +49,7 @@ from imgclf.active import margins
 from imgclf.data.transforms import GRAY_MODES, Preprocess, image_to_tensor
 from imgclf.errors import ImgclfError, first_line
 from imgclf.openset import OpenSet
-from imgclf.rundir import preprocess_of, run_folder
+from imgclf.rundir import preprocess_of
 from imgclf.runtime import ExportedModel, onnx_twin, open_model
 from imgclf.serve.batcher import Batcher, Overloaded
 from imgclf.serve.feedback import QUEUE_ORDERS, FeedbackStore, Kept, StoreError, StoreFull
@@ -507,12 +507,7 @@ class Service:
         """A model, its metadata and preprocessing, warmed up by one inference; a run directory's predictions are
         computed by its ONNX export when it has a current one (and the runtime is auto)."""
         model, meta = open_model(path)
-        fitted = None
-        if self.config.unknown:
-            if isinstance(model, ExportedModel):
-                raise ImgclfError("--unknown needs the run directory (its unknown-input detection uses the PyTorch "
-                                  "model), not an exported model file.")
-            fitted = openset.required(run_folder(path), meta).with_rate(self.config.unknown_rate)
+        fitted = openset.required(path, model, meta, self.config.unknown_rate) if self.config.unknown else None
         twin = self.config.runtime == "auto" and Path(path).is_dir() and not (fitted and fitted.needs_features)
         onnx = onnx_twin(Path(path), meta) if twin else None
         loaded = Loaded(model.eval(), meta, preprocess_of(meta),
