@@ -138,10 +138,14 @@ class TrainConfig:
     pseudo_threshold: Share = 0.95  # an unlabelled image trains only if the model gives its weakly augmented
     # version this probability or more; its top class is then the target for a strongly augmented version
     unlabelled_weight: NonNegative = 1.0  # weight of the unlabelled loss next to the labelled one (lambda_u)
+    outlier_exposure: NonNegative = 0.0  # > 0: each step also trains on a quarter batch of made-up images (noise,
+    # flat colours, patch-shuffled images) towards equal probabilities for every class, with this weight (0.5 in
+    # Hendrycks et al. 2019): unknown inputs become easier to tell apart, at about a quarter more compute
     seed: int = 0  # weights, data order and augmentation
-    open_set: Literal["energy", "mahalanobis", "msp", "off"] = "energy"  # unknown-input detection fitted at the
-    # end of training: the score that answers unknown in imgclf predict/serve --unknown (energy, msp: from the
-    # logits; mahalanobis: distance of the features to the training classes), or off
+    open_set: Literal["combined", "knn", "energy", "mahalanobis", "msp", "off"] = "combined"  # unknown-input
+    # detection fitted at the end of training: the score that answers unknown in imgclf predict/serve --unknown
+    # (energy, msp: from the logits; knn, mahalanobis: distance of the features to the training images';
+    # combined: the largest of energy, knn and the feature norm, standardized), or off
 
 
 @dataclass

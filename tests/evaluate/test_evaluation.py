@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imgclf import openset
 from imgclf.cli import main
 from imgclf.config import load_config
 from imgclf.cv import cross_validate
@@ -61,7 +62,9 @@ def test_report_on_a_real_run_has_every_number_and_section(runs, tmp_path):
     assert low < report.accuracy < high and high - low < 0.03
     assert 0 < report.calibration["ece"] < 0.2 and len(report.calibration["bins"]["count"]) == 15
     assert report.top_k["k"] == 5 and report.accuracy < report.top_k["accuracy"] <= 1
-    assert report.temperature["value"] == 1.0 and report.temperature["fitted"] is None
+    # calibrated at the end of training on the run's validation images
+    assert report.temperature["value"] != 1.0 and report.temperature["fitted"]["samples"] == run.summary.val_images
+    assert report.temperature["fitted"]["fitted_on"] == "validation split, at the end of training"
     assert report.efficiency["params"] == sum(p.numel() for p in load_model(run.path)[0].parameters())
     assert report.efficiency["latency_ms"]["p50"] <= report.efficiency["latency_ms"]["p99"]
     assert report.training["summary"]["train_seconds"] > 0 and len(report.training["history"]) == 1
@@ -220,12 +223,12 @@ def test_cli_evaluate_and_cv(runs, tmp_path, mnist_dir, strangers, capsys):
     # unknown inputs: rejections on the test digits, and how well each score tells real photos and noise apart
     assert "unknown    " in out and f"vs folder:{strangers} (80 images)" in out
     unknown = json.loads((tmp_path / "e" / "report.json").read_text())["unknown"]
-    assert unknown["method"] == "energy" and unknown["rate"] == 0.1
+    assert unknown["method"] == "combined" and unknown["rate"] == 0.1 and unknown["warning"] is None
     assert unknown["validation_images"] == runs[0].summary.val_images
     assert 0.03 < unknown["rejected"] < 0.25 and unknown["accepted_accuracy"] > unknown["rejected_accuracy"]
     (ood,) = unknown["ood"]
-    assert ood["images"] == 80 and ood["rejected"] > 0.5 and ood["energy"]["auroc"] > 0.9
-    assert all(0 <= ood[m]["fpr95"] <= 1 and 0.5 < ood[m]["auroc"] <= 1 for m in ("mahalanobis", "energy", "msp"))
+    assert ood["images"] == 80 and ood["rejected"] > 0.5 and ood["combined"]["auroc"] > 0.9
+    assert all(0 <= ood[m]["fpr95"] <= 1 and 0.5 < ood[m]["auroc"] <= 1 for m in openset.METHODS)
     assert 'id="unknown-inputs"' in (tmp_path / "e" / "report.html").read_text()
     assert main(["cv", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "s",
                  "--folds", "1", "--seeds", "2", "--data.subset", "200", "--train.batch_size", "50", "-q"]) == 0

@@ -63,8 +63,9 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"{u['rate']:.0%} of validation); accuracy on the rest {u['accepted_accuracy'] or 0:.4f}")
         for o in u["ood"]:
             print(f"  vs {o['source']} ({o['images']:,} images): rejected {o['rejected']:.2%}; AUROC / FPR@95%TPR "
-                  + ", ".join(f"{m} {o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in ("energy", "mahalanobis",
-                                                                                           "msp")))
+                  + ", ".join(f"{m} {o[m]['auroc']:.4f} / {o[m]['fpr95']:.4f}" for m in o if isinstance(o[m], dict)))
+        if u["warning"]:
+            print(f"warning: {u['warning']}")
     for note in r.notes:
         print(f"note: {note}")
     print(f"report: {html} (numbers in {html.with_suffix('.json')})")

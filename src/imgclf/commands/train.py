@@ -72,6 +72,16 @@ def _train(args: argparse.Namespace) -> None:
         print(f"no validation split: the final weights are saved to {run.path / 'model.safetensors'}")
     if summary.test_acc is not None:
         print(f"test accuracy {summary.test_acc:.4f} (the saved model on the test split)")
+    if summary.calibration:
+        c = summary.calibration
+        print(f"calibrated: temperature {c['temperature']:.3f}, expected calibration error on the validation split "
+              f"{c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}")
+    if summary.unknown:
+        u = summary.unknown
+        print(f"unknown inputs: {u['method']} score; self-check AUROC "
+              + ", ".join(f"{kind} {auroc:.3f}" for kind, auroc in u["check"].items()))
+        if u["warning"]:
+            print(f"warning: {u['warning']}")
     if summary.mlflow_run_id:
         print(f"MLflow run: {summary.mlflow_run_id}")
     if summary.stopped is StopReason.INTERRUPTED:

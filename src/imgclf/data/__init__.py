@@ -17,13 +17,14 @@ from imgclf.data.transforms import (
     augment_preset,
     image_to_tensor,
     strong_augment,
+    synthetic_outliers,
 )
 from imgclf.errors import DataError
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "Dataset", "FileSplit", "Preprocess", "Split", "TensorSplit",
            "augment_preset", "batches", "channel_stats", "default_preprocess", "describe", "image_to_tensor",
            "images_at", "in_memory", "kfold", "load_dataset", "load_unlabelled", "stratified_split", "strong_augment",
-           "to_memory", "train_val", "with_extra"]
+           "synthetic_outliers", "to_memory", "train_val", "with_extra"]
 
 
 def load_dataset(source: str, data_dir: str | Path | None = None, *, allow_download: bool = True,

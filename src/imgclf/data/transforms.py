@@ -227,6 +227,27 @@ def strong_augment(weak: Augment) -> Augment:
                    noise=max(weak.noise, 0.1))
 
 
+def synthetic_outliers(x: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(count, C, H, W) images in [0, 1] of no class, made from a batch x (B, C, H, W) in [0, 1]: a quarter each
+    of uniform noise, Gaussian noise, flat colours, and images of the batch cut into a 4x4 grid of shuffled
+    patches. Outlier exposure without outlier data (after Hendrycks et al. 2019, who used real outlier sets)."""
+    b, c, h, w = x.shape
+    kinds = torch.arange(count, device=x.device) % 4  # (count,): which kind each outlier is
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(x.device)
+
+    gauss = 0.5 + 0.25 * torch.randn(count, c, h, w, generator=device_generator(generator, x.device), device=x.device)
+    p, q = h // 4, w // 4
+    grid = x[torch.floor(rand(count) * b).long(), :, :4 * p, :4 * q].reshape(count, c, 4, p, 4, q)
+    grid = grid.permute(0, 2, 4, 1, 3, 5).reshape(count, 16, c, p, q)[:, torch.argsort(rand(16))]
+    shuffled = F.pad(grid.reshape(count, 4, 4, c, p, q).permute(0, 3, 1, 4, 2, 5).reshape(count, c, 4 * p, 4 * q),
+                     (0, w - 4 * q, 0, h - 4 * p))
+    out = torch.where((kinds == 0).view(-1, 1, 1, 1), rand(count, c, h, w), gauss)
+    out = torch.where((kinds == 2).view(-1, 1, 1, 1), rand(count, c, 1, 1).expand(count, c, h, w), out)
+    return torch.where((kinds == 3).view(-1, 1, 1, 1), shuffled, out).clamp(0, 1)
+
+
 def augment_preset(name: str) -> Augment:
     """The named augmentation preset, with the valid names in the error."""
     try:

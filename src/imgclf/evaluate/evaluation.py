@@ -398,12 +398,9 @@ def calibrate_run(run: OpenRun, progress: bool = False) -> dict:
     data = own_split(run, "val")
     logits = predict_logits(run.model.to(run.device), data.split, preprocess_of(run.meta), run.device,
                             progress=progress)
-    temperature = metrics.fit_temperature(logits, data.targets)
-    before = metrics.calibration(metrics.softmax(logits), data.targets)["ece"]
-    after = metrics.calibration(metrics.softmax(logits, temperature), data.targets)["ece"]
-    fitted = {"fitted_on": f"{data.dataset.name} validation split", "samples": len(data.targets),
-              "val_ece_before": before, "val_ece_after": after,
-              "fitted_at": datetime.now(timezone.utc).isoformat()}
+    fitted = metrics.calibrate(logits, data.targets)
+    temperature = fitted.pop("temperature")
+    fitted.update(fitted_on=f"{data.dataset.name} validation split", fitted_at=datetime.now(timezone.utc).isoformat())
     update_meta(run.folder, temperature=temperature, calibration=fitted)
     log.info("temperature %.4f fitted on %d validation images; saved into %s", temperature, len(data.targets),
              run.folder / "model.json")
@@ -466,7 +463,7 @@ def unknown_section(predictions: Predictions, ood: tuple[str, ...] = (), rate: f
         scores = openset.score_split(run.model, images, pre, run.device, fitted)
         section["ood"].append({"source": source, "images": len(images),
                                "rejected": float((scores[fitted.method] > threshold).mean()),
-                               **{m: openset.separation(known[m], scores[m]) for m in openset.METHODS}})
+                               **{m: openset.separation(known[m], scores[m]) for m in fitted.methods}})
     return section
 
 

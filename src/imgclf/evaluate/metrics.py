@@ -142,6 +142,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def calibrate(logits: np.ndarray, targets: np.ndarray) -> dict:
+    """Temperature scaling fitted on held-out logits, with the expected calibration error there before and after."""
+    temperature = fit_temperature(logits, targets)
+    return {"temperature": temperature, "samples": len(targets),
+            "val_ece_before": calibration(softmax(logits), targets)["ece"],
+            "val_ece_after": calibration(softmax(logits, temperature), targets)["ece"]}
+
+
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """Temperature scaling (Guo et al., 2017): the T > 0 minimizing the log loss of softmax(logits / T).
 

@@ -124,6 +124,11 @@ def unknown_section(u: dict) -> str:
             f"the threshold rejecting {u['rate']:.1%} of the {u['validation_images']:,} validation images. On "
             f"these images it rejects {u['rejected']:.2%}; accuracy on the accepted ones "
             f"{_num(u['accepted_accuracy'])}, on the rejected ones {_num(u['rejected_accuracy'])}.</p>")
+    if u.get("check"):
+        body += ("<p>Self-check at fitting, AUROC against generated images: "
+                 + ", ".join(f"{escape(kind)} {auroc:.3f}" for kind, auroc in u["check"].items()) + ".</p>")
+    if u.get("warning"):
+        body += f"<p class='note'>Warning: {escape(u['warning'])}</p>"
     if u["ood"]:
         methods = [m for m in u["ood"][0] if isinstance(u["ood"][0][m], dict)]
         body += table(["out-of-distribution images", "images", f"rejected ({u['method']})",

@@ -22,12 +22,13 @@ from tqdm import tqdm
 from imgclf import openset
 from imgclf.attacks import pgd
 from imgclf.config import Config, absolute_paths, check_config, load_config, with_overrides
-from imgclf.data import FileSplit, Split, batches, images_at, membership
+from imgclf.data import FileSplit, Split, batches, images_at, membership, synthetic_outliers
 from imgclf.device import pick_device
 from imgclf.errors import ImgclfError, first_line
+from imgclf.evaluate import metrics
 from imgclf.models import model_entry
 from imgclf.predict import predict_logits
-from imgclf.rundir import atomic_write, load_model, save_model
+from imgclf.rundir import atomic_write, load_model, save_model, update_meta
 from imgclf.tracking import OFF, check_trackers, open_tracker
 from imgclf.training.distributed import SINGLE, Group, join, leave, lost
 from imgclf.training.parts import build_parts
@@ -186,6 +187,9 @@ class Trainer:
         self.partial = self._fresh_partial()
         self.history: list[dict] = []
         self.best: dict = {}
+        # (features, logits) of the latest validation pass and of the saved epoch's (for unknown-input detection)
+        self.last_val: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.best_val: tuple[torch.Tensor, torch.Tensor] | None = None
         self.tracker = OFF  # open while fit runs, on rank 0
 
     def _fresh_partial(self) -> dict:
@@ -352,7 +356,11 @@ class Trainer:
         # skipping a bad batch must also undo what its forward pass did to batch norm statistics
         buffers = [b.clone() for b in parts.model.buffers()] if cfg.nonfinite == "skip" else []
         unlabelled = self._unlabelled_batch() if parts.unlabelled is not None else None
-        logits, loss = parts.batch_loss(self.net, x, y, unlabelled)
+        outliers = None
+        if cfg.outlier_exposure:  # a quarter of a batch of made-up images of no class, from aug_rng (resumable)
+            made = synthetic_outliers(parts.preprocess.denormalize(x), max(1, len(x) // 4), self.aug_rng)
+            outliers = parts.preprocess.normalize(made)
+        logits, loss = parts.batch_loss(self.net, x, y, unlabelled, outliers)
         finite = bool(torch.isfinite(loss))
         drawn, kept = (len(unlabelled[2]), float(unlabelled[2].sum())) if unlabelled is not None else (0, 0.0)
         # summed over the processes: every one skips a step if any has a non-finite loss
@@ -457,16 +465,15 @@ class Trainer:
         if self.parts.val_split is None:
             return {}
         self.group.same_buffers(self.parts.model, *([self.ema] if self.ema else []))
-        loss, correct = self._scores(self.ema.module if self.ema else self.parts.model, self.parts.val_shard)
+        parts, val = self.parts, self.parts.val_shard
+        features, logits = openset.embed(self.ema.module if self.ema else parts.model, val, parts.preprocess,
+                                         parts.device, num_workers=self.config.data.num_workers)
+        self.last_val = (features, logits)  # fitting unknown-input detection reuses the saved epoch's
+        loss = F.cross_entropy(logits, val.labels, reduction="sum").item()
+        correct = float((logits.argmax(1) == val.labels).sum())
         loss, correct, count = self.group.sum([loss, correct, len(self.parts.val_shard)], self.parts.device)
         self.parts.model.train()
         return {"val_loss": loss / count, "val_acc": correct / count}
-
-    def _scores(self, model: torch.nn.Module, split: Split) -> tuple[float, float]:
-        """Summed cross-entropy and number right of `model` (put in eval mode) on `split`."""
-        logits = self._logits(model, split)
-        return (F.cross_entropy(logits, split.labels, reduction="sum").item(),
-                float((logits.argmax(1) == split.labels).sum()))
 
     def _logits(self, model: torch.nn.Module, split: Split) -> torch.Tensor:
         """(N, K) logits of `model` (put in eval mode) on `split`, on the CPU."""
@@ -480,6 +487,8 @@ class Trainer:
         better = not self.best or (value < self.best["value"] if key == "val_loss" else value > self.best["value"])
         if better:
             self.best = {"value": value, "metric": key, "epoch": row["epoch"], "step": row["step"]}
+        if better:
+            self.best_val = self.last_val
         if better and self.group.main:
             model = self.ema.module if self.ema else self.parts.model
             save_model(self.folder, model, self.parts.dataset.classes, self.parts.preprocess,
@@ -511,29 +520,48 @@ class Trainer:
                     and stop not in (StopReason.INTERRUPTED, StopReason.PRUNED))
         model = load_model(self.folder) if finished else None
         tested = finished and "test" in self.parts.dataset.splits
-        if finished:
-            self._fit_open_set(*model)
+        calibration, unknown = self._fit_after_training(*model) if finished else (None, None)
         summary = RunSummary(
             stopped=stop, epochs=self.step / self.parts.steps_per_epoch, steps=self.step, device=str(self.parts.device),
             threads=torch.get_num_threads(), processes=self.group.world, best=Best(**self.best) if self.best else None,
             train_seconds=round(self.elapsed, 2), process_seconds=round(time.monotonic() - started, 2),
             skipped_steps=self.skipped, train_images=len(self.parts.train_split),
             val_images=len(self.parts.val_split or ()), test_acc=self._test(model[0]) if tested else None,
-            mlflow_run_id=self.tracker.run_id)
+            mlflow_run_id=self.tracker.run_id, calibration=calibration, unknown=unknown)
         if self.group.main:
             summary.save(self.folder / "summary.json")
             self.tracker.files([self.folder / name for name in ("model.json", "metrics.csv", "summary.json")
                                 if (self.folder / name).is_file()])
         return Run(self.folder, self.config, self.history, summary)
 
-    def _fit_open_set(self, model: torch.nn.Module, meta: dict) -> None:
-        """open_set.safetensors: unknown-input detection for the saved model."""
-        parts, method = self.parts, self.config.train.open_set
-        if method == "off":
-            return
-        openset.fit(model.to(parts.device), parts.train_split, parts.val_split, parts.preprocess, parts.device,
-                    model_sha256=meta["sha256"], method=method, seed=self.config.train.seed,
-                    num_workers=self.config.data.num_workers).save(self.folder)
+    def _fit_after_training(self, model: torch.nn.Module, meta: dict) -> tuple[dict | None, dict | None]:
+        """The saved model's calibration and unknown-input detection: the temperature fitted on the validation
+        split goes into model.json (so predict, serve, evaluate and exports give calibrated probabilities), the
+        detector into open_set.safetensors. Returns what summary.json says of each (None: not fitted)."""
+        parts, method, started = self.parts, self.config.train.open_set, time.monotonic()
+        fitted = None
+        if method != "off":
+            # one process validates on all of val: then the saved epoch's validation pass is reused
+            reuse = self.best_val if self.group.world == 1 else None
+            fitted = openset.fit(model.to(parts.device), parts.train_split, parts.val_split, parts.preprocess,
+                                 parts.device, model_sha256=meta["sha256"], method=method, seed=self.config.train.seed,
+                                 num_workers=self.config.data.num_workers, val_embedded=reuse)
+            fitted.save(self.folder)
+        unknown = ({"method": method, "check": fitted.check, "warning": fitted.warning,
+                    "seconds": round(time.monotonic() - started, 2)} if fitted else None)
+        if parts.val_split is None:
+            log.warning("no validation split: the probabilities are not calibrated (a data.val_fraction above 0 "
+                        "calibrates them at the end of training)")
+            return None, unknown
+        calibration = dict(fitted.calibration) if fitted else metrics.calibrate(
+            self._logits(model.to(parts.device), parts.val_split).numpy(), parts.val_split.labels.numpy())
+        temperature = calibration.pop("temperature")
+        update_meta(self.folder, temperature=temperature,
+                    calibration={**calibration, "fitted_on": "validation split, at the end of training"})
+        log.info("probabilities calibrated on %d validation images: temperature %.3f, expected calibration error "
+                 "%.4f before, %.4f after", calibration["samples"], temperature, calibration["val_ece_before"],
+                 calibration["val_ece_after"])
+        return {"temperature": temperature, **calibration}, unknown
 
     def _test(self, model: torch.nn.Module) -> float:
         """Accuracy of the saved (best) model on the test split: reported and tracked, never used for any choice."""

@@ -62,15 +62,18 @@ class Parts:
     strong: Augment | None = None  # their strong augmentation; the weak one is `augment`
 
     def batch_loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   unlabelled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   unlabelled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   outliers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) of `net` on a labelled batch as training computes them: in train.precision, cross-entropy
         with label smoothing and class weights. With `unlabelled` (strongly augmented images, their pseudo-labels
         and a 0/1 mask, see pseudo_labels) the loss adds unlabelled_weight x their masked cross-entropy, averaged
-        over all of them (FixMatch, Sohn et al. 2020)."""
+        over all of them (FixMatch, Sohn et al. 2020). With `outliers` (normalized images of no class), it adds
+        train.outlier_exposure x their cross-entropy to the uniform distribution (outlier exposure)."""
         cfg, n = self.settings, len(x)
-        if unlabelled is not None:  # one forward pass: batch norm normalizes both together, as in FixMatch
-            x = torch.cat([x, unlabelled[0]])
+        m = n + (len(unlabelled[0]) if unlabelled is not None else 0)
+        # one forward pass: batch norm normalizes them all together, as in FixMatch and outlier exposure
+        x = torch.cat([x, *([unlabelled[0]] if unlabelled is not None else []),
+                       *([outliers] if outliers is not None else [])])
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -79,8 +82,11 @@ class Parts:
             loss = F.cross_entropy(logits.float(), y, weight=self.loss_weights, label_smoothing=cfg.label_smoothing)
             if unlabelled is not None:
                 _, pseudo, mask = unlabelled
-                strong_loss = F.cross_entropy(out[n:].float(), pseudo, reduction="none")
+                strong_loss = F.cross_entropy(out[n:m].float(), pseudo, reduction="none")
                 loss = loss + cfg.unlabelled_weight * (strong_loss * mask).mean()
+            if outliers is not None:  # -mean_k log softmax_k = logsumexp - mean
+                z = out[m:].float()
+                loss = loss + cfg.outlier_exposure * (torch.logsumexp(z, 1) - z.mean(1)).mean()
         return logits, loss
 
     def pseudo_labels(self, weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,11 +56,14 @@ class RunSummary(Result):
     val_images: int | None = None
     test_acc: float | None = None  # None when the test split was not scored
     mlflow_run_id: str | None = None  # the run's MLflow run (tracked into MLflow), for evaluate and resume
+    calibration: dict | None = None  # temperature, samples, val_ece_before/after (None: no validation split)
+    unknown: dict | None = None  # unknown-input detection: method, check (AUROC per generated kind), warning,
+    # seconds (fitting it and the temperature)
 
     def to_json(self) -> dict:
         """The summary.json object (no best is {}; an unscored test split and no MLflow run are left out)."""
         data = {**asdict(self), "stopped": self.stopped.value, "best": asdict(self.best) if self.best else {}}
-        for key in ("test_acc", "mlflow_run_id"):
+        for key in ("test_acc", "mlflow_run_id", "calibration", "unknown"):
             if data[key] is None:
                 del data[key]
         return data
