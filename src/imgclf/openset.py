@@ -285,6 +285,15 @@ def _precision(centred: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(covariance + ridge * torch.eye(len(covariance), dtype=torch.float64)).float().contiguous()
 
 
+def fitted_for(folder: Path, meta: dict) -> bool:
+    """Whether the run has a detector fitted on the weights `meta` describes (read from the file's header)."""
+    try:
+        with safe_open(str(folder / FILE), "pt") as f:
+            return f.metadata().get("model_sha256") == meta.get("sha256")
+    except (OSError, SafetensorError):
+        return False
+
+
 def load(folder: Path, meta: dict) -> OpenSet | None:
     """The run's fitted detector, or None when it has none or it was fitted on other weights (logged)."""
     path = folder / FILE

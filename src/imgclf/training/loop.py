@@ -537,22 +537,25 @@ class Trainer:
     def _fit_after_training(self, model: torch.nn.Module, meta: dict) -> tuple[dict | None, dict | None]:
         """The saved model's calibration and unknown-input detection: the temperature fitted on the validation
         split goes into model.json (so predict, serve, evaluate and exports give calibrated probabilities), the
-        detector into open_set.safetensors. Returns what summary.json says of each (None: not fitted)."""
+        detector into open_set.safetensors. Both are fitted once per weights: a finished run resumed keeps
+        them. Returns what summary.json says of each (None: not fitted)."""
         parts, method, started = self.parts, self.config.train.open_set, time.monotonic()
-        fitted = None
-        if method != "off":
+        fitted = openset.load(self.folder, meta) if method != "off" and openset.fitted_for(self.folder, meta) else None
+        if method != "off" and fitted is None:
             # one process validates on all of val: then the saved epoch's validation pass is reused
             reuse = self.best_val if self.group.world == 1 else None
             fitted = openset.fit(model.to(parts.device), parts.train_split, parts.val_split, parts.preprocess,
                                  parts.device, model_sha256=meta["sha256"], method=method, seed=self.config.train.seed,
                                  num_workers=self.config.data.num_workers, val_embedded=reuse)
             fitted.save(self.folder)
-        unknown = ({"method": method, "check": fitted.check, "warning": fitted.warning,
+        unknown = ({"method": fitted.method, "check": fitted.check, "warning": fitted.warning,
                     "seconds": round(time.monotonic() - started, 2)} if fitted else None)
         if parts.val_split is None:
             log.warning("no validation split: the probabilities are not calibrated (a data.val_fraction above 0 "
                         "calibrates them at the end of training)")
             return None, unknown
+        if "calibration" in meta:  # model.json is written afresh with new weights: these are calibrated
+            return {"temperature": meta["temperature"], **meta["calibration"]}, unknown
         calibration = dict(fitted.calibration) if fitted else metrics.calibrate(
             self._logits(model.to(parts.device), parts.val_split).numpy(), parts.val_split.labels.numpy())
         temperature = calibration.pop("temperature")
