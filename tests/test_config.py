@@ -4,8 +4,10 @@ import typing
 import pytest
 import yaml
 
+from imgclf import openset
 from imgclf.attacks import ATTACKS
 from imgclf.cli import main
+from imgclf.commands.common import yaml_value
 from imgclf.config import (
     RECIPES,
     Attack,
@@ -109,6 +111,11 @@ def test_allowed_values_and_ranges_are_checked_where_a_config_is_built(overrides
 
 def test_the_allowed_names_are_those_the_library_knows():
     assert set(typing.get_args(Augmentation)) == {"auto", *AUGMENT_PRESETS}
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["open_set"]) == (*openset.METHODS, "off")
+    # YAML reads `off` as false: it still means off, from a file or the command line
+    assert load_config(None, {"train.open_set": yaml_value("off")}).train.open_set == "off"
+    with pytest.raises(ImgclfError, match=r"train\.open_set must be one of combined, knn, .*, off"):
+        load_config(None, {"train.open_set": "vim"})
     assert set(typing.get_args(Attack)) == {"none", *ATTACKS}
 
 

@@ -322,6 +322,8 @@ def _convert(value: object, base: object) -> object:
         return _convert(value, type(typing.get_args(base)[0]))
     if base is type(None):
         return None if value is None else _MISMATCH
+    if base is str and isinstance(value, bool):  # YAML 1.1 reads off and on (as in open_set: off) as booleans
+        return "on" if value else "off"
     if isinstance(value, bool) and base is not bool:
         return _MISMATCH
     if base is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
