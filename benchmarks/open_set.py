@@ -39,7 +39,6 @@ from imgclf.rundir import preprocess_of
 ROOT = Path(__file__).resolve().parents[1]
 IMGCLF = str(Path(sys.executable).parent / "imgclf")
 CPU = torch.device("cpu")
-SHOWN = ("combined", "knn", "energy", "mahalanobis", "msp")
 
 
 def main() -> None:
@@ -99,7 +98,7 @@ def _measure(args: argparse.Namespace, kind: str, seed: int) -> dict:
     for name, images in _strangers(args, kind, held, pre, seed).items():
         scores = openset.score_split(model, images, pre, CPU, fitted)
         sets[name] = {m: {"auroc": openset.separation(known[m], scores[m])["auroc"],
-                          "rejected": float((scores[m] > fitted.threshold(method=m)).mean())} for m in SHOWN}
+                          "rejected": float((scores[m] > fitted.threshold(method=m)).mean())} for m in openset.METHODS}
     return {"accuracy": float(correct.mean()), "rejected": float(rejected.mean()),
             "accepted_accuracy": float(correct[~rejected].mean()), "ece": ece, "check": fitted.check,
             "fit_seconds": fit_seconds, "train_seconds": summary["train_seconds"], "sets": sets}
@@ -168,10 +167,10 @@ def _table(kind: str, args: argparse.Namespace, found: list[dict]) -> None:
           f"({stat([f['train_seconds'] for f in found], '.1f')} s)")
     print("self-check (combined): " + "; ".join(
         f"{k} {stat([f['check'][k] for f in found])}" for k in found[0]["check"]) + "\n")
-    print("| images | " + " | ".join(SHOWN) + " | rejected (combined) |")
-    print("|---|" + "---|" * (len(SHOWN) + 1))
+    print("| images | " + " | ".join(openset.METHODS) + " | rejected (combined) |")
+    print("|---|" + "---|" * (len(openset.METHODS) + 1))
     for name in found[0]["sets"]:
-        cells = [stat([f["sets"][name][m]["auroc"] for f in found]) for m in SHOWN]
+        cells = [stat([f["sets"][name][m]["auroc"] for f in found]) for m in openset.METHODS]
         share = np.mean([f["sets"][name]["combined"]["rejected"] for f in found])
         print(f"| {name} | " + " | ".join(cells) + f" | {share:.1%} |")
 

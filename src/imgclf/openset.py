@@ -80,7 +80,7 @@ class OpenSet:
 
     @property
     def needs_features(self) -> bool:
-        return self.method != "energy" and self.method != "msp"
+        return self.method not in ("energy", "msp")
 
     @property
     def warning(self) -> str | None:

@@ -487,7 +487,6 @@ class Trainer:
         better = not self.best or (value < self.best["value"] if key == "val_loss" else value > self.best["value"])
         if better:
             self.best = {"value": value, "metric": key, "epoch": row["epoch"], "step": row["step"]}
-        if better:
             self.best_val = self.last_val
         if better and self.group.main:
             model = self.ema.module if self.ema else self.parts.model
